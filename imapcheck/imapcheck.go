@@ -1,0 +1,80 @@
+// Package imapcheck verifies a user's password by logging in to the user's
+// real mail server, over IMAP (RFC 9051, RFC 3501) or POP3 (RFC 1939), and
+// reports what the server said.
+//
+// It knows nothing of nginx: the caller hands it an address and credentials
+// and gets back an Outcome and, when the login did not succeed, an error that
+// keeps the server's reply for the log.
+package imapcheck
+
+// Outcome is the verdict of one verification.
+type Outcome int
+
+// The outcomes of a verification.
+const (
+	// OK means the server accepted the credentials.
+	OK Outcome = iota
+	// Rejected means the server refused the credentials
+	// (NO [AUTHENTICATIONFAILED], a bare NO, -ERR [AUTH], …).
+	Rejected
+	// Temporary means the server could not give a verdict now: it was
+	// down, timed out, failed TLS, said [UNAVAILABLE] or [SYS/TEMP], or
+	// hung up.
+	Temporary
+	// Unsupported means the credentials cannot be checked this way, for
+	// example the server offers no login method imapgate can use, or the
+	// credentials contain bytes the protocol cannot carry.
+	Unsupported
+)
+
+// String returns the outcome's name as it appears in logs.
+func (o Outcome) String() string {
+	switch o {
+	case OK:
+		return "ok"
+	case Rejected:
+		return "rejected"
+	case Temporary:
+		return "temporary"
+	case Unsupported:
+		return "unsupported"
+	}
+	return "unknown"
+}
+
+// Protocol is the protocol a check logs in with.
+type Protocol string
+
+// The protocols a check can use.
+const (
+	IMAP Protocol = "imap"
+	POP3 Protocol = "pop3"
+)
+
+// Security is how a check protects the connection to the server.
+type Security string
+
+// The ways a check can connect.
+const (
+	// SecurityNone connects in plain TCP.
+	SecurityNone Security = "none"
+	// SecurityStartTLS connects in plain TCP and upgrades with IMAP
+	// STARTTLS (RFC 9051 section 6.2.1) or POP3 STLS (RFC 2595).
+	SecurityStartTLS Security = "starttls"
+	// SecurityTLS connects with TLS from the first byte (RFC 8314).
+	SecurityTLS Security = "tls"
+)
+
+// Request is one verification: who logs in, where, and how.
+type Request struct {
+	// Protocol is the protocol to log in with.
+	Protocol Protocol
+	// Address is the server's host:port.
+	Address string
+	// ServerName is the name the server's certificate must carry; empty
+	// means the host part of Address.
+	ServerName string
+	// User and Password are the client's credentials, already decoded.
+	User     string
+	Password string
+}
