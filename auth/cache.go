@@ -1,0 +1,149 @@
+package auth
+
+import (
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/binary"
+	"hash"
+	"sync"
+	"time"
+)
+
+// fingerprinter turns credentials into keyed digests, so that imapgate can
+// recognise a password again (in the cache, in the failure counts) without
+// ever storing it. The key is random and lives only in this process, so a
+// memory dump or a log of digests cannot be checked against guesses
+// offline.
+type fingerprinter struct {
+	pool sync.Pool // of hash.Hash, each an HMAC-SHA256 with the key
+}
+
+func newFingerprinter() *fingerprinter {
+	key := make([]byte, 32)
+	rand.Read(key) // never fails (crypto/rand panics instead)
+	f := &fingerprinter{}
+	f.pool.New = func() any { return hmac.New(sha256.New, key) }
+	return f
+}
+
+// digest returns HMAC(key, fields), each field prefixed by its length so
+// that ("ab","c") and ("a","bc") differ.
+func (f *fingerprinter) digest(fields ...string) [sha256.Size]byte {
+	h := f.pool.Get().(hash.Hash)
+	h.Reset()
+	var n [4]byte
+	for _, s := range fields {
+		binary.BigEndian.PutUint32(n[:], uint32(len(s)))
+		h.Write(n[:])
+		h.Write([]byte(s))
+	}
+	var sum [sha256.Size]byte
+	h.Sum(sum[:0])
+	f.pool.Put(h)
+	return sum
+}
+
+// loginCache remembers, for a short time, which credentials a backend
+// accepted, so that a mail client reconnecting (or opening five
+// connections at once) costs the backend one check, not one per
+// connection. It holds one entry per (backend, protocol, user): a keyed
+// digest of the last verified password. A different password never
+// matches, and a refused one drops the entry.
+type loginCache struct {
+	ttl time.Duration
+	max int
+	now func() time.Time
+
+	mu      sync.Mutex
+	entries map[cacheKey]cacheEntry
+}
+
+// cacheKey names whose login an entry is for.
+type cacheKey struct {
+	backend, protocol, user string
+}
+
+type cacheEntry struct {
+	sum     [sha256.Size]byte
+	expires time.Time
+}
+
+// newLoginCache returns a cache of at most max entries, each kept for ttl.
+// A ttl of zero or less returns nil, which is a cache that never hits.
+func newLoginCache(ttl time.Duration, max int) *loginCache {
+	if ttl <= 0 || max <= 0 {
+		return nil
+	}
+	return &loginCache{ttl: ttl, max: max, now: time.Now, entries: make(map[cacheKey]cacheEntry)}
+}
+
+// hit reports whether sum is the digest last verified for k, within ttl.
+func (c *loginCache) hit(k cacheKey, sum [sha256.Size]byte) bool {
+	if c == nil {
+		return false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e, ok := c.entries[k]
+	if !ok {
+		return false
+	}
+	if !c.now().Before(e.expires) {
+		delete(c.entries, k)
+		return false
+	}
+	return hmac.Equal(e.sum[:], sum[:])
+}
+
+// store remembers sum as verified for k.
+func (c *loginCache) store(k cacheKey, sum [sha256.Size]byte) {
+	if c == nil {
+		return
+	}
+	now := c.now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if _, ok := c.entries[k]; !ok && len(c.entries) >= c.max {
+		c.makeRoom(now)
+	}
+	c.entries[k] = cacheEntry{sum: sum, expires: now.Add(c.ttl)}
+}
+
+// forget drops k's entry: the backend has just refused a password for k,
+// which may mean the password was changed.
+func (c *loginCache) forget(k cacheKey) {
+	if c == nil {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.entries, k)
+}
+
+// makeRoom drops expired entries, and if the cache is still full, about a
+// tenth of the rest. Map iteration order is random, so that tenth is too;
+// a dropped entry costs one more check, nothing else.
+func (c *loginCache) makeRoom(now time.Time) {
+	for k, e := range c.entries {
+		if !now.Before(e.expires) {
+			delete(c.entries, k)
+		}
+	}
+	for k := range c.entries {
+		if len(c.entries) < c.max-c.max/10 {
+			break
+		}
+		delete(c.entries, k)
+	}
+}
+
+// len returns the number of entries, expired ones included.
+func (c *loginCache) len() int {
+	if c == nil {
+		return 0
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.entries)
+}

@@ -1,0 +1,177 @@
+package auth
+
+import (
+	"bytes"
+	"context"
+	"net/http"
+	"sync"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/imapgate/imapgate/imapcheck"
+)
+
+func TestLoginCache(t *testing.T) {
+	now := time.Unix(1_700_000_000, 0)
+	c := newLoginCache(time.Minute, 3)
+	c.now = func() time.Time { return now }
+	fp := newFingerprinter()
+	k := cacheKey{"mailhost01", "imap", "alice"}
+	right, wrong := fp.digest("alice", "right"), fp.digest("alice", "wrong")
+
+	if c.hit(k, right) {
+		t.Fatal("hit in an empty cache")
+	}
+	c.store(k, right)
+	if !c.hit(k, right) {
+		t.Error("no hit for the stored password")
+	}
+	if c.hit(k, wrong) {
+		t.Error("a different password hit")
+	}
+	if c.hit(cacheKey{"mailhost02", "imap", "alice"}, right) {
+		t.Error("hit on another backend")
+	}
+	now = now.Add(time.Minute)
+	if c.hit(k, right) {
+		t.Error("hit after the TTL")
+	}
+	c.store(k, right)
+	c.forget(k)
+	if c.hit(k, right) {
+		t.Error("hit after forget")
+	}
+	for _, u := range []string{"a", "b", "c", "d", "e"} {
+		c.store(cacheKey{"m", "imap", u}, right)
+	}
+	if n := c.len(); n > 3 {
+		t.Errorf("cache holds %d entries, bound is 3", n)
+	}
+	if newLoginCache(0, 10) != nil {
+		t.Error("TTL 0 built a cache")
+	}
+	var off *loginCache
+	off.store(k, right)
+	if off.hit(k, right) {
+		t.Error("the nil cache hit")
+	}
+}
+
+func TestFingerprintFieldsAreSeparated(t *testing.T) {
+	fp := newFingerprinter()
+	if fp.digest("ab", "c") == fp.digest("a", "bc") {
+		t.Error("field boundaries are not part of the digest")
+	}
+	if fp.digest("a") != fp.digest("a") {
+		t.Error("digest is not stable")
+	}
+	if newFingerprinter().digest("a") == fp.digest("a") {
+		t.Error("two processes share a key")
+	}
+}
+
+func TestHandlerCacheSavesBackendLogins(t *testing.T) {
+	v := &fakeVerifier{outcome: imapcheck.OK}
+	var log bytes.Buffer
+	h := newTestHandler(t, v, &log)
+	h.CacheTTL = time.Minute
+
+	for range 30 {
+		if w := serve(h, nginxHeader()); w.Header().Get("Auth-Status") != "OK" {
+			t.Fatalf("answer %v", w.Header())
+		}
+	}
+	if len(v.calls) != 1 {
+		t.Errorf("30 identical logins made %d backend checks, want 1", len(v.calls))
+	}
+	// Another password is checked, and a refusal drops the cached one:
+	// it may mean the password was changed.
+	v.outcome = imapcheck.Rejected
+	if w := serve(h, nginxHeader("Auth-Pass", "other")); w.Header().Get("Auth-Status") != StatusInvalid {
+		t.Fatalf("answer %v", w.Header())
+	}
+	v.outcome = imapcheck.OK
+	serve(h, nginxHeader())
+	if len(v.calls) != 3 {
+		t.Errorf("after a refusal the old password was not checked again: %d checks", len(v.calls))
+	}
+	// SMTP and IMAP logins are both checked over IMAP: one entry serves both.
+	serve(h, nginxHeader("Auth-Protocol", "smtp"))
+	if len(v.calls) != 3 {
+		t.Errorf("SMTP login after IMAP login made a check: %d checks", len(v.calls))
+	}
+	if !bytes.Contains(log.Bytes(), []byte("cached=true")) {
+		t.Errorf("log does not say the answer was cached:\n%s", log.String())
+	}
+}
+
+func TestHandlerCacheOff(t *testing.T) {
+	v := &fakeVerifier{outcome: imapcheck.OK}
+	var log bytes.Buffer
+	h := newTestHandler(t, v, &log)
+	for range 3 {
+		serve(h, nginxHeader())
+	}
+	if len(v.calls) != 3 {
+		t.Errorf("with the cache off, 3 logins made %d checks", len(v.calls))
+	}
+}
+
+// gateVerifier holds every check until release is closed.
+type gateVerifier struct {
+	release chan struct{}
+	outcome imapcheck.Outcome
+
+	mu    sync.Mutex
+	calls int
+}
+
+func (g *gateVerifier) Verify(ctx context.Context, req imapcheck.Request) (imapcheck.Outcome, error) {
+	g.mu.Lock()
+	g.calls++
+	g.mu.Unlock()
+	<-g.release
+	return g.outcome, nil
+}
+
+func (g *gateVerifier) count() int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.calls
+}
+
+func TestHandlerCoalescesConcurrentChecks(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		release := make(chan struct{})
+		v := &gateVerifier{release: release, outcome: imapcheck.OK}
+		var log bytes.Buffer
+		h := newTestHandler(t, &fakeVerifier{}, &log)
+		h.Verifier = v
+
+		var wg sync.WaitGroup
+		answers := make([]http.Header, 10)
+		for i := range answers {
+			wg.Go(func() { answers[i] = serve(h, nginxHeader()).Header() })
+		}
+		// Every request is now either in the one check or waiting for it.
+		synctest.Wait()
+		close(release)
+		wg.Wait()
+		for i, a := range answers {
+			if a.Get("Auth-Status") != "OK" {
+				t.Errorf("request %d: %v", i, a)
+			}
+		}
+		if n := v.count(); n != 1 {
+			t.Errorf("10 concurrent identical logins made %d checks, want 1", n)
+		}
+		// Different passwords are never shared.
+		go serve(h, nginxHeader("Auth-Pass", "one"))
+		go serve(h, nginxHeader("Auth-Pass", "two"))
+		synctest.Wait()
+		if n := v.count(); n != 3 {
+			t.Errorf("two different passwords made %d checks, want 2 more", n-1)
+		}
+	})
+}

@@ -1,0 +1,348 @@
+package backend
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"strconv"
+	"strings"
+)
+
+// Ports are the default ports of a host-only backend spec, and of a URL
+// that names no port. A zero field means the protocol's well-known port.
+type Ports struct {
+	// IMAP, POP3 and SMTP are the ports nginx is sent to
+	// (IMAPGATE_PORT_IMAP, _POP3, _SMTP; 143, 110, 25).
+	IMAP, POP3, SMTP uint16
+	// IMAPS and POP3S are the ports the password check connects to when it
+	// uses implicit TLS (993, 995).
+	IMAPS, POP3S uint16
+}
+
+// The well-known ports, used for zero fields of Ports.
+const (
+	defaultIMAPPort  = 143
+	defaultPOP3Port  = 110
+	defaultSMTPPort  = 25
+	defaultIMAPSPort = 993
+	defaultPOP3SPort = 995
+)
+
+// withDefaults returns p with its zero fields set to the well-known ports.
+func (p Ports) withDefaults() Ports {
+	set := func(v *uint16, d uint16) {
+		if *v == 0 {
+			*v = d
+		}
+	}
+	set(&p.IMAP, defaultIMAPPort)
+	set(&p.POP3, defaultPOP3Port)
+	set(&p.SMTP, defaultSMTPPort)
+	set(&p.IMAPS, defaultIMAPSPort)
+	set(&p.POP3S, defaultPOP3SPort)
+	return p
+}
+
+// scheme is what a URL's scheme in a backend spec stands for: the protocol,
+// and whether it names the implicit-TLS check endpoint rather than the
+// address nginx proxies to.
+type scheme struct {
+	proto Protocol
+	tls   bool
+}
+
+// schemes are the URL schemes a backend spec accepts.
+var schemes = map[string]scheme{
+	"imap":  {IMAP, false},
+	"pop3":  {POP3, false},
+	"smtp":  {SMTP, false},
+	"imaps": {IMAP, true},
+	"pop3s": {POP3, true},
+}
+
+// defaultPort is the port of a URL with this scheme that names none.
+func (p Ports) defaultPort(s scheme) uint16 {
+	switch {
+	case s.proto == IMAP && s.tls:
+		return p.IMAPS
+	case s.proto == POP3 && s.tls:
+		return p.POP3S
+	case s.proto == IMAP:
+		return p.IMAP
+	case s.proto == POP3:
+		return p.POP3
+	default:
+		return p.SMTP
+	}
+}
+
+// ParseBackends parses the backend list (IMAPGATE_BACKENDS): items
+// separated by ';', each name=spec. The spec is either a host (an IPv4
+// literal, an IPv6 literal with or without brackets, or a DNS name) served
+// on the default ports for IMAP, POP3 and SMTP, or a ','-separated list of
+// URLs imap://host:port, pop3://host:port and smtp://host:port, plus
+// imaps://host:port and pop3s://host:port for the implicit-TLS check
+// endpoints. A URL without a port uses the default port of its scheme.
+// In URL form, a protocol not listed is not served by the backend.
+//
+// Check holds IMAP and POP3. When implicitTLS is false it equals Proxy and
+// imaps/pop3s URLs are accepted but unused, so that switching the check's
+// TLS mode needs no change to the backend list. When implicitTLS is true it
+// is the imaps/pop3s URL if given, else the proxied host on ports.IMAPS or
+// ports.POP3S.
+//
+// Whitespace around items is ignored, and so are empty items (a trailing
+// ';'). Every other mistake is an error that quotes the offending item:
+// a configuration typo must stop the service, not send users elsewhere.
+// IP literals are stored in canonical form (IPv4-mapped IPv6 unmapped).
+func ParseBackends(spec string, ports Ports, implicitTLS bool) (map[string]*Backend, error) {
+	ports = ports.withDefaults()
+	backends := make(map[string]*Backend)
+	for item := range strings.SplitSeq(spec, ";") {
+		item = strings.TrimSpace(item)
+		if item == "" {
+			continue
+		}
+		b, err := parseBackend(item, ports, implicitTLS)
+		if err != nil {
+			return nil, fmt.Errorf("backends: item %q: %w", item, err)
+		}
+		if _, dup := backends[b.Name]; dup {
+			return nil, fmt.Errorf("backends: item %q: duplicate backend name %q", item, b.Name)
+		}
+		backends[b.Name] = b
+	}
+	if len(backends) == 0 {
+		return nil, errors.New("backends: empty list: want name=host or name=imap://host:port,... separated by ';'")
+	}
+	return backends, nil
+}
+
+// parseBackend parses one name=spec item.
+func parseBackend(item string, ports Ports, implicitTLS bool) (*Backend, error) {
+	name, spec, ok := strings.Cut(item, "=")
+	if !ok {
+		return nil, errors.New("missing '=': want name=spec")
+	}
+	name, spec = strings.TrimSpace(name), strings.TrimSpace(spec)
+	if err := validName(name); err != nil {
+		return nil, err
+	}
+	if spec == "" {
+		return nil, fmt.Errorf("backend %q: empty spec: want a host or a list of URLs", name)
+	}
+	b := &Backend{
+		Name:  name,
+		Proxy: make(map[Protocol]Endpoint),
+		Check: make(map[Protocol]Endpoint),
+	}
+	if !strings.Contains(spec, "://") {
+		host, err := parseHost(spec)
+		if err != nil {
+			return nil, fmt.Errorf("backend %q: %w", name, err)
+		}
+		b.Proxy[IMAP] = Endpoint{host, ports.IMAP}
+		b.Proxy[POP3] = Endpoint{host, ports.POP3}
+		b.Proxy[SMTP] = Endpoint{host, ports.SMTP}
+		b.fillCheck(nil, ports, implicitTLS)
+		return b, nil
+	}
+
+	tlsCheck := make(map[Protocol]Endpoint)
+	seen := make(map[string]bool)
+	for u := range strings.SplitSeq(spec, ",") {
+		u = strings.TrimSpace(u)
+		if u == "" {
+			continue
+		}
+		s, schemeName, ep, err := parseURL(u, ports)
+		if err != nil {
+			return nil, fmt.Errorf("backend %q: URL %q: %w", b.Name, u, err)
+		}
+		if seen[schemeName] {
+			return nil, fmt.Errorf("backend %q: URL %q: scheme %s given twice", b.Name, u, schemeName)
+		}
+		seen[schemeName] = true
+		if s.tls {
+			tlsCheck[s.proto] = ep
+		} else {
+			b.Proxy[s.proto] = ep
+		}
+	}
+	if len(b.Proxy) == 0 {
+		// imaps:// and pop3s:// name only where the check connects.
+		return nil, fmt.Errorf("backend %q: no proxied protocol: list at least one of imap://, pop3://, smtp://", b.Name)
+	}
+	b.fillCheck(tlsCheck, ports, implicitTLS)
+	return b, nil
+}
+
+// fillCheck sets b.Check from b.Proxy and the explicit implicit-TLS
+// endpoints.
+func (b *Backend) fillCheck(tlsCheck map[Protocol]Endpoint, ports Ports, implicitTLS bool) {
+	for _, p := range []Protocol{IMAP, POP3} {
+		proxy, served := b.Proxy[p]
+		switch {
+		case !implicitTLS:
+			if served {
+				b.Check[p] = proxy
+			}
+		case tlsCheck[p] != Endpoint{}:
+			b.Check[p] = tlsCheck[p]
+		case served:
+			port := ports.IMAPS
+			if p == POP3 {
+				port = ports.POP3S
+			}
+			b.Check[p] = Endpoint{proxy.Host, port}
+		}
+	}
+}
+
+// validName reports whether name may name a backend. The character set is
+// narrow so that names survive every place they are written: environment
+// variables, the users file, log lines and metric labels.
+func validName(name string) error {
+	if name == "" {
+		return errors.New("missing backend name before '='")
+	}
+	for _, c := range name {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-') {
+			return fmt.Errorf("bad backend name %q: allowed are letters, digits, '.', '_' and '-'", name)
+		}
+	}
+	return nil
+}
+
+// parseURL parses scheme://host[:port]. It is parsed by hand rather than
+// with net/url so that every deviation gets its own message and nothing
+// (a path, a user name) is quietly dropped.
+func parseURL(u string, ports Ports) (scheme, string, Endpoint, error) {
+	name, rest, ok := strings.Cut(u, "://")
+	if !ok {
+		return scheme{}, "", Endpoint{}, errors.New("not a URL: want scheme://host:port")
+	}
+	name = strings.ToLower(name)
+	s, known := schemes[name]
+	if !known {
+		return scheme{}, "", Endpoint{}, fmt.Errorf("unknown scheme %q: want imap, pop3, smtp, imaps or pop3s", name)
+	}
+	if i := strings.IndexAny(rest, "/?#"); i >= 0 {
+		return scheme{}, "", Endpoint{}, errors.New("path, query or fragment not allowed: want scheme://host:port")
+	}
+	if strings.Contains(rest, "@") {
+		return scheme{}, "", Endpoint{}, errors.New("user info not allowed: credentials are the client's own")
+	}
+	hostPart, portPart, hasPort, err := splitHostPort(rest)
+	if err != nil {
+		return scheme{}, "", Endpoint{}, err
+	}
+	host, err := parseHost(hostPart)
+	if err != nil {
+		return scheme{}, "", Endpoint{}, err
+	}
+	port := ports.defaultPort(s)
+	if hasPort {
+		if port, err = parsePort(portPart); err != nil {
+			return scheme{}, "", Endpoint{}, err
+		}
+	}
+	return s, name, Endpoint{host, port}, nil
+}
+
+// splitHostPort splits host[:port], where host may be a bracketed IPv6
+// literal. Unlike net.SplitHostPort the port is optional, and an
+// unbracketed IPv6 literal is taken whole as a host without a port.
+func splitHostPort(s string) (host, port string, hasPort bool, err error) {
+	if strings.HasPrefix(s, "[") {
+		end := strings.IndexByte(s, ']')
+		if end < 0 {
+			return "", "", false, errors.New("missing ']' after IPv6 address")
+		}
+		host, after := s[:end+1], s[end+1:]
+		if after == "" {
+			return host, "", false, nil
+		}
+		if after[0] != ':' {
+			return "", "", false, fmt.Errorf("unexpected %q after IPv6 address", after)
+		}
+		return host, after[1:], true, nil
+	}
+	switch strings.Count(s, ":") {
+	case 0:
+		return s, "", false, nil
+	case 1:
+		host, port, _ = strings.Cut(s, ":")
+		return host, port, true, nil
+	default:
+		return s, "", false, nil
+	}
+}
+
+// parsePort parses a TCP port, 1 to 65535.
+func parsePort(s string) (uint16, error) {
+	n, err := strconv.ParseUint(s, 10, 16)
+	if err != nil || n == 0 {
+		return 0, fmt.Errorf("bad port %q: want 1 to 65535", s)
+	}
+	return uint16(n), nil
+}
+
+// parseHost checks a host: an IP literal (IPv6 with or without brackets)
+// or a DNS name. IP literals come back canonical and without brackets.
+func parseHost(h string) (string, error) {
+	if h == "" {
+		return "", errors.New("empty host")
+	}
+	bracketed := strings.HasPrefix(h, "[") && strings.HasSuffix(h, "]")
+	lit := h
+	if bracketed {
+		lit = h[1 : len(h)-1]
+	}
+	if addr, err := netip.ParseAddr(lit); err == nil {
+		if addr.Zone() != "" {
+			// nginx parses Auth-Server with ngx_inet_addr/ngx_inet6_addr,
+			// which know no zones.
+			return "", fmt.Errorf("host %q: IPv6 zones are not supported", h)
+		}
+		if bracketed && !addr.Is6() {
+			return "", fmt.Errorf("host %q: brackets are for IPv6 addresses only", h)
+		}
+		return addr.Unmap().String(), nil
+	}
+	if bracketed || strings.Contains(h, ":") {
+		if !bracketed && strings.Count(h, ":") == 1 {
+			return "", fmt.Errorf("host %q: a bare host takes no port; use imap://host:port,... to set ports", h)
+		}
+		return "", fmt.Errorf("host %q: not a valid IP address", h)
+	}
+	if err := validDNSName(h); err != nil {
+		return "", fmt.Errorf("host %q: %w", h, err)
+	}
+	return h, nil
+}
+
+// validDNSName checks the syntax of a DNS name: dot-separated labels of
+// letters, digits, '-' and '_' (seen in internal names), at most 63 bytes
+// each and 253 in all, with an optional trailing dot.
+func validDNSName(h string) error {
+	name := strings.TrimSuffix(h, ".")
+	if name == "" || len(name) > 253 {
+		return errors.New("bad DNS name length")
+	}
+	for label := range strings.SplitSeq(name, ".") {
+		if label == "" || len(label) > 63 {
+			return errors.New("empty or over-long label in DNS name")
+		}
+		if label[0] == '-' || label[len(label)-1] == '-' {
+			return errors.New("DNS label starts or ends with '-'")
+		}
+		for i := 0; i < len(label); i++ {
+			c := label[i]
+			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+				return fmt.Errorf("character %q not allowed in a DNS name", c)
+			}
+		}
+	}
+	return nil
+}
