@@ -33,6 +33,12 @@ type Resolver interface {
 	Resolve(ctx context.Context, host string) (netip.Addr, error)
 }
 
+// Health tells whether a backend's address for a protocol is up;
+// *backend.Health is the real one.
+type Health interface {
+	Up(backend string, proto backend.Protocol) bool
+}
+
 // Handler answers nginx's auth_http requests on any path. Its fields are
 // set once before it serves.
 type Handler struct {
@@ -66,6 +72,11 @@ type Handler struct {
 	CacheSize int
 	// Limits bounds password guessing; nil means no limits.
 	Limits *Limits
+	// Metrics, when set, records what the handler does.
+	Metrics *Metrics
+	// Health, when set, says which backends answer their probes; a login
+	// for a backend known to be down fails fast as temporary.
+	Health Health
 	// AllowFrom, when not empty, lists the networks requests may come
 	// from (nginx's addresses); others get HTTP 403.
 	AllowFrom []netip.Prefix
@@ -140,6 +151,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	req, err := ParseRequest(r.Header)
 	if err != nil {
 		Response{Status: StatusMalformed}.Write(w, http.StatusBadRequest)
+		h.Metrics.request("", outcomeMalformed)
 		h.logger().Warn("login", "outcome", outcomeMalformed, "reason", err.Error(), "remote", r.RemoteAddr)
 		return
 	}
@@ -151,6 +163,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	d := h.decide(ctx, req)
 	d.resp.Write(w, http.StatusOK)
+	h.Metrics.request(string(req.Protocol), d.outcome)
 	h.log(req, d, time.Since(start))
 }
 
@@ -230,7 +243,8 @@ func (h *Handler) decidePlain(ctx context.Context, req Request) decision {
 	// Limits and failure counts fold case like the selectors and
 	// Dovecot do, so "Alice" and "alice" share one budget.
 	limitUser := strings.ToLower(req.User)
-	if blocked, why := h.limiter.blocked(limitUser, req.ClientIP); blocked {
+	if blocked, limit, why := h.limiter.blocked(limitUser, req.ClientIP); blocked {
+		h.Metrics.throttle(limit)
 		// A throttled guesser gets the longest Auth-Wait.
 		d := h.rejected(req, decision{reason: why}, maxAttemptsWithWait)
 		d.outcome = outcomeThrottled
@@ -253,9 +267,19 @@ func (h *Handler) decidePlain(ctx context.Context, req Request) decision {
 		d.reason = fmt.Sprintf("backend %s has no %s address to verify with", b.Name, checkProto)
 		return h.temporary(req, d)
 	}
+	if h.Health != nil && (!h.Health.Up(b.Name, req.Protocol) || !h.Health.Up(b.Name, backend.Protocol(checkProto))) {
+		// Known down: answer now rather than after a timeout, and never
+		// from the cache, since nginx could not reach the backend anyway.
+		d.reason = "backend down (last probe failed)"
+		return h.temporary(req, d)
+	}
 	key := cacheKey{backend: b.Name, protocol: string(checkProto), user: req.User}
 	sum := h.fp.digest(b.Name, string(checkProto), ep.String(), req.User, req.Password)
-	if h.cache.hit(key, sum) {
+	hit := h.cache.hit(key, sum)
+	if h.cache != nil {
+		h.Metrics.cacheLookup(hit)
+	}
+	if hit {
 		d.outcome, d.cached = outcomeOK, true
 		h.limiter.success(limitUser, req.ClientIP)
 		return h.answerOK(ctx, req, b, d)
@@ -264,6 +288,7 @@ func (h *Handler) decidePlain(ctx context.Context, req Request) decision {
 	// connections) share one backend login. The digest covers the
 	// password, so only the very same credentials are shared.
 	res, _, shared := h.flight.Do(string(sum[:]), func() (any, error) {
+		done := h.Metrics.checkStarted(b.Name, string(checkProto))
 		outcome, err := h.Verifier.Verify(ctx, imapcheck.Request{
 			Protocol:   checkProto,
 			Address:    ep.String(),
@@ -271,10 +296,14 @@ func (h *Handler) decidePlain(ctx context.Context, req Request) decision {
 			User:       req.User,
 			Password:   req.Password,
 		})
+		done(outcome.String())
 		return checkResult{outcome, err}, nil
 	})
 	checked := res.(checkResult)
 	d.err, d.coalesced = checked.err, shared
+	if shared {
+		h.Metrics.coalescedCheck()
+	}
 	switch checked.outcome {
 	case imapcheck.OK:
 		d.outcome = outcomeOK
@@ -405,11 +434,14 @@ func (h *Handler) log(req Request, d decision, elapsed time.Duration) {
 	case d.outcome != outcomeOK && d.outcome != outcomeRejected:
 		level = slog.LevelWarn
 	}
+	// client comes first: it is nginx's, not the user's, so a log
+	// parser (fail2ban) anchored on it cannot be fooled by a user name
+	// that contains "client=…".
 	attrs := []slog.Attr{
+		slog.String("client", clientString(req.ClientIP)),
 		slog.String("user", req.User),
 		slog.String("protocol", string(req.Protocol)),
 		slog.String("method", string(req.Method)),
-		slog.String("client", clientString(req.ClientIP)),
 		slog.Int("attempt", req.Attempt),
 		slog.String("backend", d.backend),
 		slog.String("outcome", d.outcome),

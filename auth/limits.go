@@ -109,30 +109,30 @@ func (l *limiter) trusted(ip netip.Addr) bool {
 }
 
 // blocked says whether a login for user from ip must be refused without
-// asking the backend, and why.
-func (l *limiter) blocked(user string, ip netip.Addr) (bool, string) {
+// asking the backend, which limit applied (pair, user or network) and why.
+func (l *limiter) blocked(user string, ip netip.Addr) (blocked bool, limit, why string) {
 	if l == nil || l.trusted(ip) {
-		return false, ""
+		return false, "", ""
 	}
 	net := network(ip)
 	now := l.now()
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if over(l.count(recordKey{kindPair, user, net}, now), l.limits.PerPair) {
-		return true, "too many wrong passwords for this user from this network"
+		return true, "pair", "too many wrong passwords for this user from this network"
 	}
 	if l.live(recordKey{kindGood, user, net}, now) {
 		// The owner's own network: spared from locks that an attacker
 		// elsewhere can set off.
-		return false, ""
+		return false, "", ""
 	}
 	if over(l.count(recordKey{kindUser, user, netip.Prefix{}}, now), l.limits.PerUser) {
-		return true, "too many wrong passwords for this user"
+		return true, "user", "too many wrong passwords for this user"
 	}
 	if over(l.count(recordKey{kindNetwork, "", net}, now), l.limits.PerNetwork) {
-		return true, "too many wrong passwords from this network"
+		return true, "network", "too many wrong passwords from this network"
 	}
-	return false, ""
+	return false, "", ""
 }
 
 // over reports whether count reached limit; a limit of zero or less is off.

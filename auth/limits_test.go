@@ -30,18 +30,18 @@ func TestLimiterCountsDistinctPasswords(t *testing.T) {
 	for range 20 {
 		lim.failure("alice", attacker, 1)
 	}
-	if blocked, _ := lim.blocked("alice", attacker); blocked {
+	if blocked, _, _ := lim.blocked("alice", attacker); blocked {
 		t.Fatal("one password retried 20 times blocked the pair")
 	}
 	lim.failure("alice", attacker2, 2) // same /24: same network
 	lim.failure("alice", attacker, 3)
-	if blocked, why := lim.blocked("alice", attacker); !blocked || why == "" {
+	if blocked, limit, why := lim.blocked("alice", attacker); !blocked || limit != "pair" || why == "" {
 		t.Errorf("three distinct wrong passwords did not block the pair")
 	}
-	if blocked, _ := lim.blocked("alice", owner); blocked {
+	if blocked, _, _ := lim.blocked("alice", owner); blocked {
 		t.Error("an attack from one network blocked the user everywhere")
 	}
-	if blocked, _ := lim.blocked("bob", attacker); blocked {
+	if blocked, _, _ := lim.blocked("bob", attacker); blocked {
 		t.Error("the pair's limit blocked another user")
 	}
 }
@@ -50,15 +50,15 @@ func TestLimiterWindow(t *testing.T) {
 	lim, now := testLimiter(Limits{PerPair: 2, PerUser: 100, PerNetwork: 100, Window: time.Minute})
 	lim.failure("alice", attacker, 1)
 	lim.failure("alice", attacker, 2)
-	if blocked, _ := lim.blocked("alice", attacker); !blocked {
+	if blocked, _, _ := lim.blocked("alice", attacker); !blocked {
 		t.Fatal("not blocked")
 	}
 	*now = now.Add(59 * time.Second)
-	if blocked, _ := lim.blocked("alice", attacker); !blocked {
+	if blocked, _, _ := lim.blocked("alice", attacker); !blocked {
 		t.Error("unblocked before the window ended")
 	}
 	*now = now.Add(time.Second)
-	if blocked, _ := lim.blocked("alice", attacker); blocked {
+	if blocked, _, _ := lim.blocked("alice", attacker); blocked {
 		t.Error("still blocked after a quiet window")
 	}
 }
@@ -70,21 +70,21 @@ func TestLimiterSparesTheOwner(t *testing.T) {
 	for i := range 5 {
 		lim.failure("alice", netip.AddrFrom4([4]byte{10, byte(i), 0, 1}), uint64(i))
 	}
-	if blocked, _ := lim.blocked("alice", stranger); !blocked {
+	if blocked, _, _ := lim.blocked("alice", stranger); !blocked {
 		t.Error("user limit did not block a network alice never used")
 	}
-	if blocked, _ := lim.blocked("alice", owner); blocked {
+	if blocked, _, _ := lim.blocked("alice", owner); blocked {
 		t.Error("the owner's network was locked out by an attack elsewhere")
 	}
 	// Password spraying from one network: many users, one guess each.
 	for i := range 8 {
 		lim.failure(fmt.Sprintf("user%d", i), attacker, uint64(100+i))
 	}
-	if blocked, _ := lim.blocked("carol", attacker); !blocked {
+	if blocked, _, _ := lim.blocked("carol", attacker); !blocked {
 		t.Error("network limit did not block the spraying network")
 	}
 	lim.success("dave", attacker2) // a real user behind the same NAT, known before
-	if blocked, _ := lim.blocked("dave", attacker); blocked {
+	if blocked, _, _ := lim.blocked("dave", attacker); blocked {
 		t.Error("a user who logged in from the network was locked out by the network limit")
 	}
 }
@@ -94,7 +94,7 @@ func TestLimiterSuccessClearsThePair(t *testing.T) {
 	lim.failure("alice", owner, 1)
 	lim.success("alice", owner)
 	lim.failure("alice", owner, 2)
-	if blocked, _ := lim.blocked("alice", owner); blocked {
+	if blocked, _, _ := lim.blocked("alice", owner); blocked {
 		t.Error("typos before a successful login still count")
 	}
 }
@@ -105,10 +105,10 @@ func TestLimiterTrustedNetworks(t *testing.T) {
 	for i := range 10 {
 		lim.failure("alice", attacker, uint64(i))
 	}
-	if blocked, _ := lim.blocked("alice", attacker); blocked {
+	if blocked, _, _ := lim.blocked("alice", attacker); blocked {
 		t.Error("a trusted network was blocked")
 	}
-	if blocked, _ := lim.blocked("alice", stranger); blocked {
+	if blocked, _, _ := lim.blocked("alice", stranger); blocked {
 		t.Error("failures from a trusted network were counted")
 	}
 }

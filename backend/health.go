@@ -1,0 +1,207 @@
+package backend
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Health probes every backend in the background and remembers which
+// answer, so that a login for a backend known to be down gets a fast
+// temporary failure instead of waiting for a timeout, and so that
+// /readyz can tell an orchestrator the truth. Probes never run on a
+// request's path.
+//
+// A probe connects to each address nginx proxies to and reads the
+// greeting ("* OK" for IMAP, "+OK" for POP3, "220" for SMTP): a port that
+// accepts but greets with BYE or an error is down too. Addresses the
+// check uses on their own (implicit TLS ports) are probed by connecting.
+type Health struct {
+	// Backends are the backends to probe.
+	Backends map[string]*Backend
+	// Interval is the time between probe rounds; 0 means 5s.
+	Interval time.Duration
+	// Timeout bounds one probe; 0 means 3s.
+	Timeout time.Duration
+	// OnChange, when set, is called when a backend's address turns up or
+	// down (and after its first probe), from the probing goroutine.
+	OnChange func(backend string, proto Protocol, addr string, up bool, err error)
+
+	mu    sync.Mutex
+	state map[healthKey]bool // absent: not probed yet
+}
+
+type healthKey struct {
+	backend string
+	proto   Protocol
+	check   bool // the check's own address, not the one nginx uses
+}
+
+// Up reports whether the backend's addresses for proto answered their
+// last probe. A backend not probed yet counts as up: better one slow
+// check than refusing logins at start.
+func (h *Health) Up(backend string, proto Protocol) bool {
+	if h == nil {
+		return true
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, check := range []bool{false, true} {
+		if up, ok := h.state[healthKey{backend, proto, check}]; ok && !up {
+			return false
+		}
+	}
+	return true
+}
+
+// Ready reports whether every address of every backend answered its last
+// probe, and lists the ones that did not (or were not probed yet).
+func (h *Health) Ready() (bool, []string) {
+	var missing []string
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, t := range h.targets() {
+		up, ok := h.state[t.key]
+		switch {
+		case !ok:
+			missing = append(missing, t.describe()+" not probed yet")
+		case !up:
+			missing = append(missing, t.describe()+" down")
+		}
+	}
+	sort.Strings(missing)
+	return len(missing) == 0, missing
+}
+
+// probeTarget is one address to probe.
+type probeTarget struct {
+	key  healthKey
+	addr Endpoint
+}
+
+func (t probeTarget) describe() string {
+	return fmt.Sprintf("%s %s %s", t.key.backend, t.key.proto, t.addr)
+}
+
+// targets lists what to probe: each address nginx is sent to, and each
+// check address that differs from it.
+func (h *Health) targets() []probeTarget {
+	var ts []probeTarget
+	for name, b := range h.Backends {
+		for proto, ep := range b.Proxy {
+			ts = append(ts, probeTarget{healthKey{name, proto, false}, ep})
+		}
+		for proto, ep := range b.Check {
+			if ep != b.Proxy[proto] {
+				ts = append(ts, probeTarget{healthKey{name, proto, true}, ep})
+			}
+		}
+	}
+	return ts
+}
+
+// Run probes every Interval until ctx ends. It probes once at once, so
+// that readiness is known as soon as possible.
+func (h *Health) Run(ctx context.Context) {
+	interval := h.Interval
+	if interval <= 0 {
+		interval = 5 * time.Second
+	}
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		h.ProbeAll(ctx)
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// ProbeAll probes every address once, concurrently, and returns when all
+// probes are done.
+func (h *Health) ProbeAll(ctx context.Context) {
+	targets := h.targets()
+	var wg sync.WaitGroup
+	for _, t := range targets {
+		wg.Go(func() {
+			err := h.probe(ctx, t)
+			if ctx.Err() != nil {
+				return // stopping: the result says nothing about the backend
+			}
+			h.record(t, err)
+		})
+	}
+	wg.Wait()
+}
+
+func (h *Health) record(t probeTarget, err error) {
+	up := err == nil
+	h.mu.Lock()
+	if h.state == nil {
+		h.state = make(map[healthKey]bool)
+	}
+	was, known := h.state[t.key]
+	h.state[t.key] = up
+	h.mu.Unlock()
+	if (!known || was != up) && h.OnChange != nil {
+		h.OnChange(t.key.backend, t.key.proto, t.addr.String(), up, err)
+	}
+}
+
+// probe connects to t and, for an address nginx uses, reads the greeting.
+func (h *Health) probe(ctx context.Context, t probeTarget) error {
+	timeout := h.Timeout
+	if timeout <= 0 {
+		timeout = 3 * time.Second
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "tcp", t.addr.String())
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	if t.key.check {
+		return nil
+	}
+	deadline, _ := ctx.Deadline()
+	conn.SetDeadline(deadline)
+	line, err := bufio.NewReaderSize(conn, 512).ReadString('\n')
+	if err != nil {
+		return fmt.Errorf("reading greeting: %w", err)
+	}
+	if !greetingOK(t.key.proto, line) {
+		return fmt.Errorf("greeting %q", strings.TrimSpace(truncateGreeting(line)))
+	}
+	return nil
+}
+
+// greetingOK reports whether line is a ready greeting for proto:
+// RFC 9051 section 7.1 (OK or PREAUTH), RFC 1939 section 4, RFC 5321
+// section 4.2 (220).
+func greetingOK(proto Protocol, line string) bool {
+	switch proto {
+	case IMAP:
+		return strings.HasPrefix(line, "* OK") || strings.HasPrefix(line, "* PREAUTH")
+	case POP3:
+		return strings.HasPrefix(line, "+OK")
+	case SMTP:
+		return strings.HasPrefix(line, "220")
+	}
+	return false
+}
+
+func truncateGreeting(s string) string {
+	if len(s) > 80 {
+		return s[:80]
+	}
+	return s
+}

@@ -1,0 +1,143 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/sethvargo/go-envconfig"
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+// build runs the whole configuration path main runs, from an environment.
+func build(env map[string]string) (*service, error) {
+	cfg, err := loadConfig(context.Background(), envconfig.MapLookuper(env))
+	if err != nil {
+		return nil, err
+	}
+	return newService(cfg, io.Discard)
+}
+
+func TestConfigErrorsNameTheVariable(t *testing.T) {
+	dir := t.TempDir()
+	users := filepath.Join(dir, "users")
+	if err := os.WriteFile(users, []byte("alice nosuch\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	caNoPEM := filepath.Join(dir, "ca.pem")
+	if err := os.WriteFile(caNoPEM, []byte("not a certificate\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	base := func(kv ...string) map[string]string {
+		env := map[string]string{
+			"IMAPGATE_BACKENDS":        "mailhost01=127.0.0.2;mailhost02=127.0.0.3",
+			"IMAPGATE_DEFAULT_BACKEND": "mailhost02",
+		}
+		for i := 0; i+1 < len(kv); i += 2 {
+			if kv[i+1] == "<unset>" {
+				delete(env, kv[i])
+				continue
+			}
+			env[kv[i]] = kv[i+1]
+		}
+		return env
+	}
+	tests := []struct {
+		name string
+		env  map[string]string
+		want string // the error must start with this variable
+	}{
+		{"backends missing", base("IMAPGATE_BACKENDS", "<unset>"), "IMAPGATE_BACKENDS"},
+		{"backends garbled", base("IMAPGATE_BACKENDS", "mailhost01"), "IMAPGATE_BACKENDS"},
+		{"backends bad url", base("IMAPGATE_BACKENDS", "m=imap://h:99999"), "IMAPGATE_BACKENDS"},
+		{"port not a number", base("IMAPGATE_PORT_IMAP", "imap"), "IMAPGATE_PORT_IMAP"},
+		{"port too big", base("IMAPGATE_PORT_POP3", "70000"), "IMAPGATE_PORT_POP3"},
+		{"port zero", base("IMAPGATE_PORT_SMTP", "0"), "IMAPGATE_PORT_SMTP"},
+		{"default names no backend", base("IMAPGATE_DEFAULT_BACKEND", "mailhost03"), "IMAPGATE_DEFAULT_BACKEND"},
+		{"no rule at all", base("IMAPGATE_DEFAULT_BACKEND", "<unset>"), "IMAPGATE_DEFAULT_BACKEND"},
+		{"first letter garbled", base("IMAPGATE_FIRST_LETTER", "acfg"), "IMAPGATE_FIRST_LETTER"},
+		{"first letter unknown backend", base("IMAPGATE_FIRST_LETTER", "a=nosuch"), "IMAPGATE_FIRST_LETTER"},
+		{"users file missing", base("IMAPGATE_USERS_FILE", filepath.Join(dir, "none")), "IMAPGATE_USERS_FILE"},
+		{"users file bad line", base("IMAPGATE_USERS_FILE", users), "IMAPGATE_USERS_FILE"},
+		{"users file backend unknown", base("IMAPGATE_USERS_FILE", users, "IMAPGATE_USERS_FILE_BACKEND", "x"), "IMAPGATE_USERS_FILE_BACKEND"},
+		{"users file backend without file", base("IMAPGATE_USERS_FILE_BACKEND", "mailhost01"), "IMAPGATE_USERS_FILE_BACKEND"},
+		{"verify tls unknown", base("IMAPGATE_VERIFY_TLS", "ssl"), "IMAPGATE_VERIFY_TLS"},
+		{"ca file missing", base("IMAPGATE_VERIFY_TLS", "tls", "IMAPGATE_VERIFY_CA_FILE", filepath.Join(dir, "none")), "IMAPGATE_VERIFY_CA_FILE"},
+		{"ca file not pem", base("IMAPGATE_VERIFY_TLS", "tls", "IMAPGATE_VERIFY_CA_FILE", caNoPEM), "IMAPGATE_VERIFY_CA_FILE"},
+		{"ca file without tls", base("IMAPGATE_VERIFY_CA_FILE", caNoPEM), "IMAPGATE_VERIFY_CA_FILE"},
+		{"timeout garbled", base("IMAPGATE_VERIFY_TIMEOUT", "ten"), "IMAPGATE_VERIFY_TIMEOUT"},
+		{"timeout zero", base("IMAPGATE_VERIFY_TIMEOUT", "0s"), "IMAPGATE_VERIFY_TIMEOUT"},
+		{"smtp verify unknown", base("IMAPGATE_SMTP_VERIFY", "smtp"), "IMAPGATE_SMTP_VERIFY"},
+		{"smtp relay unknown", base("IMAPGATE_SMTP_RELAY", "relay"), "IMAPGATE_SMTP_RELAY"},
+		{"smtp relay without smtp", base("IMAPGATE_BACKENDS", "m=imap://127.0.0.2:143", "IMAPGATE_DEFAULT_BACKEND", "m", "IMAPGATE_SMTP_RELAY", "m"), "IMAPGATE_SMTP_RELAY"},
+		{"cache ttl garbled", base("IMAPGATE_CACHE_TTL", "long"), "IMAPGATE_CACHE_TTL"},
+		{"cache ttl negative", base("IMAPGATE_CACHE_TTL", "-1s"), "IMAPGATE_CACHE_TTL"},
+		{"cache size zero", base("IMAPGATE_CACHE_SIZE", "0"), "IMAPGATE_CACHE_SIZE"},
+		{"limit negative", base("IMAPGATE_LIMIT_PAIR", "-1"), "IMAPGATE_LIMIT_PAIR"},
+		{"limit garbled", base("IMAPGATE_LIMIT_USER", "many"), "IMAPGATE_LIMIT_USER"},
+		{"limit window zero", base("IMAPGATE_LIMIT_WINDOW", "0s"), "IMAPGATE_LIMIT_WINDOW"},
+		{"trusted garbled", base("IMAPGATE_TRUSTED_NETWORKS", "10.0.0.0/8,webmail"), "IMAPGATE_TRUSTED_NETWORKS"},
+		{"allow from garbled", base("IMAPGATE_ALLOW_FROM", "127.0.0.1/33"), "IMAPGATE_ALLOW_FROM"},
+		{"probe interval", base("IMAPGATE_PROBE_INTERVAL", "0s"), "IMAPGATE_PROBE_INTERVAL"},
+		{"log format", base("IMAPGATE_LOG_FORMAT", "xml"), "IMAPGATE_LOG_FORMAT"},
+		{"log level", base("IMAPGATE_LOG_LEVEL", "loud"), "IMAPGATE_LOG_LEVEL"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := build(tt.env)
+			if err == nil {
+				t.Fatalf("no error for %v", tt.env)
+			}
+			if !strings.HasPrefix(err.Error(), tt.want+":") {
+				t.Errorf("error %q does not start with %s", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestNetworksSetting(t *testing.T) {
+	var n networks
+	if err := n.EnvDecode(" 10.0.0.0/8, 192.0.2.7 ,2001:db8::/32,::ffff:198.51.100.0/120,"); err != nil {
+		t.Fatal(err)
+	}
+	want := "[10.0.0.0/8 192.0.2.7/32 2001:db8::/32 198.51.100.0/24]"
+	if got := fmt.Sprint([]netip.Prefix(n)); got != want {
+		t.Errorf("networks = %s, want %s", got, want)
+	}
+}
+
+func TestConfigDefaults(t *testing.T) {
+	svc, err := build(map[string]string{
+		"IMAPGATE_BACKENDS":     "mailhost01=127.0.0.2;mailhost02=127.0.0.3",
+		"IMAPGATE_FIRST_LETTER": "acfg=mailhost01",
+		// The PHP seed's rule: everyone else on mailhost02.
+		"IMAPGATE_DEFAULT_BACKEND": "mailhost02",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if svc.cfg.Listen != "127.0.0.1:9180" || svc.cfg.VerifyTLS != "none" || svc.cfg.VerifyTimeout.String() != "10s" {
+		t.Errorf("defaults: %+v", svc.cfg)
+	}
+	for user, want := range map[string]string{"alice": "mailhost01", "george": "mailhost01", "bob": "mailhost02"} {
+		b, ok := svc.handler.Selector.Select(user)
+		if !ok || b.Name != want {
+			t.Errorf("Select(%q) = %v, %v; want %s", user, b, ok, want)
+		}
+	}
+	if svc.handler.CacheTTL.String() != "5m0s" || svc.handler.Limits.PerPair != 10 || len(svc.handler.AllowFrom) != 0 {
+		t.Errorf("cache and limit defaults: %v %+v", svc.handler.CacheTTL, svc.handler.Limits)
+	}
+	if svc.usersFile != nil || svc.handler.SMTPRelay != nil {
+		t.Errorf("optional parts built without their settings")
+	}
+}

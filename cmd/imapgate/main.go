@@ -1,0 +1,196 @@
+// Command imapgate is an auth_http server for nginx's mail proxy that
+// checks every IMAP, POP3 and SMTP login on the user's real mail server
+// before nginx lets the client in.
+//
+// It is configured only by IMAPGATE_* environment variables; see the
+// README for the list. With -healthcheck it instead asks a running
+// imapgate's /healthz (for a container's HEALTHCHECK) and exits 0 when it
+// answers.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/sethvargo/go-envconfig"
+)
+
+// Exit statuses.
+const (
+	exitFailure = 1 // the server failed while running, or is not healthy
+	exitConfig  = 2 // a setting is missing or bad
+)
+
+// usersFilePoll is how often the users file is checked for changes.
+const usersFilePoll = time.Second
+
+func main() {
+	healthcheck := flag.Bool("healthcheck", false, "ask the imapgate configured by the environment for /healthz and exit 0 if it answers")
+	flag.Parse()
+	if *healthcheck {
+		os.Exit(runHealthcheck())
+	}
+	os.Exit(run())
+}
+
+func run() int {
+	ctx := context.Background()
+	cfg, err := loadConfig(ctx, envconfig.OsLookuper())
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "imapgate: %v\n", err)
+		return exitConfig
+	}
+	svc, err := newService(cfg, os.Stderr)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "imapgate: %v\n", err)
+		return exitConfig
+	}
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "imapgate: IMAPGATE_LISTEN: %v\n", err)
+		return exitConfig
+	}
+	var opsLn net.Listener
+	if cfg.MetricsListen != "" {
+		if opsLn, err = net.Listen("tcp", cfg.MetricsListen); err != nil {
+			ln.Close()
+			fmt.Fprintf(os.Stderr, "imapgate: IMAPGATE_METRICS_LISTEN: %v\n", err)
+			return exitConfig
+		}
+	}
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if err := svc.serve(ctx, ln, opsLn); err != nil {
+		svc.logger.Error("stopped", "err", err)
+		return exitFailure
+	}
+	return 0
+}
+
+// serve answers requests on ln (and the operations endpoints on opsLn,
+// when not nil) until ctx ends, then lets the requests in flight finish.
+func (s *service) serve(ctx context.Context, ln, opsLn net.Listener) error {
+	bg, stopBackground := context.WithCancel(ctx)
+	var background sync.WaitGroup
+	defer background.Wait()
+	defer stopBackground()
+
+	background.Go(func() { s.health.Run(bg) })
+	if s.usersFile != nil {
+		background.Go(func() { s.usersFile.Watch(bg, usersFilePoll) })
+		background.Go(func() { s.reloadOnHangup(bg) })
+	}
+
+	router := authRouter{auth: s.handler, ops: s.opsHandler()}
+	servers := []*http.Server{s.newServer(router)}
+	listeners := []net.Listener{ln}
+	if opsLn != nil {
+		router.ops = nil
+		servers[0].Handler = router
+		servers = append(servers, s.newServer(s.opsHandler()))
+		listeners = append(listeners, opsLn)
+	}
+	serveErr := make(chan error, len(servers))
+	for i, srv := range servers {
+		go func() { serveErr <- srv.Serve(listeners[i]) }()
+		s.logger.Info("listening", "addr", listeners[i].Addr().String(), "ops", i > 0 || opsLn == nil)
+	}
+
+	var err error
+	select {
+	case err = <-serveErr:
+		// A listener failed: stop the others too.
+	case <-ctx.Done():
+		s.logger.Info("stopping", "reason", "signal")
+	}
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), s.handler.Timeout+5*time.Second)
+	defer cancel()
+	for _, srv := range servers {
+		if serr := srv.Shutdown(shutdownCtx); serr != nil && err == nil {
+			err = fmt.Errorf("shutdown: %w", serr)
+		}
+	}
+	if err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	s.logger.Info("stopped")
+	return nil
+}
+
+// newServer returns an HTTP server with imapgate's limits. Each request
+// is one login, so a request never needs long: the write timeout covers
+// the slowest check plus the answer.
+func (s *service) newServer(h http.Handler) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       5 * time.Second,
+		WriteTimeout:      s.handler.Timeout + 5*time.Second,
+		IdleTimeout:       30 * time.Second,
+		// nginx's request is a few hundred bytes; 16 KiB leaves room for
+		// auth_http_header lines and a client certificate.
+		MaxHeaderBytes: 16 << 10,
+		ErrorLog:       slog.NewLogLogger(s.logger.Handler(), slog.LevelWarn),
+	}
+}
+
+// reloadOnHangup rereads the users file on SIGHUP until ctx ends.
+func (s *service) reloadOnHangup(ctx context.Context) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	for {
+		select {
+		case <-hup:
+			// Reload logs a broken file itself and keeps the last good one.
+			if err := s.usersFile.Reload(); err == nil {
+				s.logger.Info("users file reloaded", "path", s.cfg.UsersFile, "reason", "SIGHUP", "users", s.usersFile.Len())
+			}
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// runHealthcheck asks the running imapgate for /healthz, on the
+// operations listener if there is one. Only the listen settings are
+// read, so it works in a container whose other settings it need not know.
+func runHealthcheck() int {
+	addr := os.Getenv(envPrefix + "METRICS_LISTEN")
+	if addr == "" {
+		addr = os.Getenv(envPrefix + "LISTEN")
+	}
+	if addr == "" {
+		addr = "127.0.0.1:9180"
+	}
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "imapgate: healthcheck: %v\n", err)
+		return exitFailure
+	}
+	if ip := net.ParseIP(host); host == "" || ip != nil && ip.IsUnspecified() {
+		host = "127.0.0.1"
+	}
+	client := &http.Client{Timeout: 3 * time.Second}
+	resp, err := client.Get("http://" + net.JoinHostPort(host, port) + pathHealthz)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "imapgate: healthcheck: %v\n", err)
+		return exitFailure
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		fmt.Fprintf(os.Stderr, "imapgate: healthcheck: %s\n", resp.Status)
+		return exitFailure
+	}
+	return 0
+}

@@ -1,0 +1,55 @@
+package main
+
+import (
+	"fmt"
+	"net/http"
+	"strings"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// The operations endpoints. On the auth listener they take precedence
+// over auth_http, which answers on every other path.
+const (
+	pathMetrics = "/metrics"
+	pathHealthz = "/healthz"
+	pathReadyz  = "/readyz"
+)
+
+// opsHandler serves /metrics, /healthz and /readyz.
+func (s *service) opsHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle(pathMetrics, promhttp.HandlerFor(s.registry, promhttp.HandlerOpts{}))
+	mux.HandleFunc(pathHealthz, func(w http.ResponseWriter, r *http.Request) {
+		// The process serves: that is all liveness means.
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc(pathReadyz, func(w http.ResponseWriter, r *http.Request) {
+		ready, missing := s.health.Ready()
+		if !ready {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			fmt.Fprintf(w, "not ready: %s\n", strings.Join(missing, "; "))
+			return
+		}
+		fmt.Fprintln(w, "ready")
+	})
+	return mux
+}
+
+// authRouter sends the operations paths to ops (when they share the auth
+// listener) and everything else to the auth_http handler.
+type authRouter struct {
+	auth http.Handler
+	ops  http.Handler // nil when the operations endpoints listen apart
+}
+
+func (a authRouter) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if a.ops != nil {
+		switch r.URL.Path {
+		case pathMetrics, pathHealthz, pathReadyz:
+			a.ops.ServeHTTP(w, r)
+			return
+		}
+	}
+	a.auth.ServeHTTP(w, r)
+}

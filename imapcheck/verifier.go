@@ -1,0 +1,297 @@
+package imapcheck
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strings"
+	"time"
+)
+
+// defaultTimeout bounds one check when Verifier.Timeout is zero.
+const defaultTimeout = 10 * time.Second
+
+// Verifier checks credentials by logging in to the user's mail server.
+//
+// A Verifier is safe for concurrent use as long as its fields are not
+// changed and Debug, if set, is itself safe for concurrent use.
+type Verifier struct {
+	// Security is how the connection is protected; "" means SecurityNone.
+	Security Security
+	// TLSConfig holds the roots for certificate verification; nil means
+	// the system roots. It is cloned for each check, and its ServerName
+	// is set from Request.ServerName or, when both are empty, from the
+	// host part of Request.Address.
+	TLSConfig *tls.Config
+	// Timeout bounds one check, on top of the context given to Verify;
+	// 0 means 10s.
+	Timeout time.Duration
+	// Dialer dials the server; nil means a zero net.Dialer.
+	Dialer *net.Dialer
+	// Debug, if set, receives the protocol transcript, one "C: " or "S: "
+	// line per line on the wire (after TLS), with the arguments of LOGIN,
+	// PASS, AUTH and AUTHENTICATE, and whatever the client sends until the
+	// server answers them, replaced by "<redacted>"; the password is also
+	// scrubbed from the server's lines. User names do appear.
+	Debug io.Writer
+}
+
+// Error is a failed verification. Its text carries the server's reply or the
+// network error for the log, never the password.
+type Error struct {
+	// Outcome is the verdict; it is never OK.
+	Outcome Outcome
+	// Reply is the server's reply line(s) as sent, for example
+	// "NO [AUTHENTICATIONFAILED] Authentication failed."; it is empty when
+	// the server did not answer.
+	Reply string
+	// Err is the underlying transport, TLS or protocol error, or why the
+	// check was refused; it may be nil. A failed certificate check
+	// unwraps to a *tls.CertificateVerificationError, a timeout to
+	// context.DeadlineExceeded. Should its text hold the password (a
+	// server echoing it), Err is a wrapper with the password scrubbed.
+	Err error
+}
+
+// Error returns the outcome, the server's reply and the underlying error.
+func (e *Error) Error() string {
+	var b strings.Builder
+	b.WriteString("imapcheck: ")
+	b.WriteString(e.Outcome.String())
+	if e.Reply != "" {
+		// %q keeps a hostile server from forging log lines.
+		fmt.Fprintf(&b, ": server replied %q", e.Reply)
+	}
+	if e.Err != nil {
+		b.WriteString(": ")
+		b.WriteString(e.Err.Error())
+	}
+	return b.String()
+}
+
+// Unwrap returns the underlying error.
+func (e *Error) Unwrap() error { return e.Err }
+
+// Verify logs in to req.Address as req.User with req.Password and logs out
+// again. It returns (OK, nil) when the server accepts the credentials, and
+// otherwise the verdict and a non-nil *Error.
+//
+// Over IMAP it uses LOGIN, or AUTHENTICATE PLAIN when the server advertises
+// LOGINDISABLED (RFC 9051 section 6.2.3); over POP3 it uses USER and PASS, or
+// AUTH PLAIN (RFC 5034), as CAPA (RFC 2449) allows. A server that will take
+// neither on this connection, typically because it wants TLS first, gives
+// Unsupported before it has seen the credentials.
+//
+// Credentials are checked before they reach the wire. An empty user is
+// Rejected without dialing. POP3 has no way to quote, so a user or password
+// containing CR, LF or NUL is Unsupported before dialing: it would otherwise
+// end the command early and smuggle in another (RFC 1939 section 3). IMAP
+// sends such strings as literals (RFC 9051 section 4.3), in which CR and LF
+// are legal, so those go to the server as they are; NUL is not allowed even
+// in a literal, so it is Unsupported too.
+//
+// The check is bounded by ctx and by v.Timeout, whichever ends first.
+// Verify returns only after its connection is closed and go-imap's reader
+// goroutine has ended.
+func (v *Verifier) Verify(ctx context.Context, req Request) (Outcome, error) {
+	if err := v.check(req); err != nil {
+		return err.Outcome, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, v.timeout())
+	defer cancel()
+
+	tr := newTranscript(v.Debug, req.Password)
+	defer tr.flush()
+
+	conn, err := v.dialer().DialContext(ctx, "tcp", req.Address)
+	if err != nil {
+		return Temporary, v.fail(ctx, req, &Error{Outcome: Temporary, Err: err})
+	}
+	// The conn is closed as soon as ctx ends; this is what cuts a stuck
+	// go-imap client, which owns the conn's deadlines (it has no context).
+	release := closeOnDone(ctx, conn)
+	defer release()
+	defer conn.Close()
+
+	var e *Error
+	switch req.Protocol {
+	case IMAP:
+		e = v.verifyIMAP(ctx, req, conn, tr)
+	case POP3:
+		e = v.verifyPOP3(ctx, req, conn, tr)
+	}
+	if e != nil {
+		return e.Outcome, v.fail(ctx, req, e)
+	}
+	return OK, nil
+}
+
+// check refuses a request that must not reach the wire.
+func (v *Verifier) check(req Request) *Error {
+	switch v.security() {
+	case SecurityNone, SecurityStartTLS, SecurityTLS:
+	default:
+		return &Error{Outcome: Unsupported, Err: fmt.Errorf("unknown security %q", v.Security)}
+	}
+	if req.User == "" {
+		return &Error{Outcome: Rejected, Err: errors.New("empty user name")}
+	}
+	switch req.Protocol {
+	case IMAP:
+		if strings.ContainsRune(req.User, 0) || strings.ContainsRune(req.Password, 0) {
+			return &Error{Outcome: Unsupported, Err: errors.New("user or password contains NUL, which IMAP cannot carry")}
+		}
+	case POP3:
+		if strings.ContainsAny(req.User, "\r\n\x00") || strings.ContainsAny(req.Password, "\r\n\x00") {
+			return &Error{Outcome: Unsupported, Err: errors.New("user or password contains CR, LF or NUL, which POP3 cannot carry")}
+		}
+	default:
+		return &Error{Outcome: Unsupported, Err: fmt.Errorf("unknown protocol %q", req.Protocol)}
+	}
+	return nil
+}
+
+// fail finishes e for the caller: a failure caused by the deadline or by a
+// cancelled ctx says so, since the error seen on the wire is then only a
+// closed connection, and the password is scrubbed from every text.
+func (v *Verifier) fail(ctx context.Context, req Request, e *Error) *Error {
+	if e.Outcome == Temporary && e.Err != nil {
+		if cause := context.Cause(ctx); cause != nil {
+			e.Err = fmt.Errorf("%w: %w", cause, e.Err)
+		} else if errors.Is(e.Err, os.ErrDeadlineExceeded) {
+			// The conn's deadline, set to ctx's, fired first.
+			e.Err = fmt.Errorf("%w: %w", context.DeadlineExceeded, e.Err)
+		}
+	}
+	e.Reply = scrub(e.Reply, req.Password)
+	if e.Err != nil && req.Password != "" && strings.Contains(e.Err.Error(), req.Password) {
+		e.Err = &scrubbedError{text: scrub(e.Err.Error(), req.Password), err: e.Err}
+	}
+	return e
+}
+
+func (v *Verifier) security() Security {
+	if v.Security == "" {
+		return SecurityNone
+	}
+	return v.Security
+}
+
+func (v *Verifier) timeout() time.Duration {
+	if v.Timeout <= 0 {
+		return defaultTimeout
+	}
+	return v.Timeout
+}
+
+func (v *Verifier) dialer() *net.Dialer {
+	if v.Dialer == nil {
+		return &net.Dialer{}
+	}
+	return v.Dialer
+}
+
+// tlsConfig returns the TLS configuration for req, offering alpn (RFC 7301)
+// for implicit TLS.
+func (v *Verifier) tlsConfig(req Request, alpn string) *tls.Config {
+	var cfg *tls.Config
+	if v.TLSConfig != nil {
+		cfg = v.TLSConfig.Clone()
+	} else {
+		cfg = &tls.Config{}
+	}
+	if req.ServerName != "" {
+		cfg.ServerName = req.ServerName
+	} else if cfg.ServerName == "" {
+		host, _, err := net.SplitHostPort(req.Address)
+		if err != nil {
+			host = req.Address
+		}
+		cfg.ServerName = host
+	}
+	if alpn != "" && cfg.NextProtos == nil {
+		cfg.NextProtos = []string{alpn}
+	}
+	return cfg
+}
+
+// handshake runs the TLS client handshake on conn, bounded by ctx.
+func (v *Verifier) handshake(ctx context.Context, req Request, conn net.Conn, alpn string) (*tls.Conn, *Error) {
+	cfg := v.tlsConfig(req, alpn)
+	tc := tls.Client(conn, cfg)
+	if err := tc.HandshakeContext(ctx); err != nil {
+		var cv *tls.CertificateVerificationError
+		if errors.As(err, &cv) {
+			// Loud on purpose: this is a misconfiguration or an attack,
+			// not a passing network problem.
+			err = fmt.Errorf("TLS certificate verification failed for %q: %w", cfg.ServerName, err)
+		} else {
+			err = fmt.Errorf("TLS handshake: %w", err)
+		}
+		return nil, &Error{Outcome: Temporary, Err: err}
+	}
+	return tc, nil
+}
+
+// maxLine bounds one line read from a server, so that a hostile server
+// cannot make a check hold unbounded memory.
+const maxLine = 4096
+
+// errLineTooLong is returned for a server line longer than maxLine.
+var errLineTooLong = errors.New("server sent a line longer than 4 KiB")
+
+// readLine reads one line from r, which must have been made with
+// bufio.NewReaderSize(…, maxLine), and returns it without its CRLF (a bare
+// LF is accepted too).
+func readLine(r *bufio.Reader) (string, error) {
+	b, err := r.ReadSlice('\n')
+	if errors.Is(err, bufio.ErrBufferFull) {
+		return "", errLineTooLong
+	}
+	if err == io.EOF && len(b) > 0 {
+		err = io.ErrUnexpectedEOF
+	}
+	if err != nil {
+		return "", err
+	}
+	return strings.TrimSuffix(strings.TrimSuffix(string(b), "\n"), "\r"), nil
+}
+
+// closeOnDone closes conn when ctx ends. The returned release stops that and,
+// if the close has already started, waits for it, so that no goroutine
+// outlives the caller.
+func closeOnDone(ctx context.Context, conn net.Conn) (release func()) {
+	done := make(chan struct{})
+	stop := context.AfterFunc(ctx, func() {
+		conn.Close()
+		close(done)
+	})
+	return func() {
+		if !stop() {
+			<-done
+		}
+	}
+}
+
+// scrub replaces every occurrence of secret in s, so that a server echoing
+// the password cannot put it into a log.
+func scrub(s, secret string) string {
+	if secret == "" {
+		return s
+	}
+	return strings.ReplaceAll(s, secret, "<redacted>")
+}
+
+// scrubbedError is an error whose text had the password removed.
+type scrubbedError struct {
+	text string
+	err  error
+}
+
+func (e *scrubbedError) Error() string { return e.text }
+func (e *scrubbedError) Unwrap() error { return e.err }
