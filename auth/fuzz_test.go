@@ -1,0 +1,92 @@
+package auth
+
+import (
+	"errors"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/imapgate/imapgate/backend"
+	"github.com/imapgate/imapgate/imapcheck"
+)
+
+// FuzzUnescape checks nginx's %XX decoding: it never panics, it inverts
+// nginx's escaping, and an error never quotes the input.
+func FuzzUnescape(f *testing.F) {
+	for _, seed := range []string{"", "a+b", "%20%25", "%", "%2", "%zz", "pässwörd", "%00%0d%0a", "100%25+%2B"} {
+		f.Add(seed)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		got, err := Unescape(s)
+		if err != nil {
+			if len(s) > 4 && strings.Contains(err.Error(), s) {
+				t.Errorf("error %q quotes the input", err)
+			}
+			return
+		}
+		if !strings.Contains(s, "%") && got != s {
+			t.Errorf("Unescape(%q) = %q, changed a string without escapes", s, got)
+		}
+		// Escaping the result the way nginx does and decoding again
+		// gives the result back.
+		if again, err := Unescape(nginxEscape(got)); err != nil || again != got {
+			t.Errorf("round trip of %q: %q, %v", got, again, err)
+		}
+	})
+}
+
+// nginxEscape is nginx's mail_auth escaping: control bytes, space and
+// '%' as %XX, everything else raw.
+func nginxEscape(s string) string {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c <= 0x20 || c == '%' {
+			b.WriteString("%" + strings.ToUpper(string("0123456789abcdef"[c>>4])+string("0123456789abcdef"[c&15])))
+			continue
+		}
+		b.WriteByte(c)
+	}
+	return b.String()
+}
+
+// FuzzHandler sends arbitrary header values through the whole handler:
+// it always answers with an Auth-Status, never panics, and never
+// answers OK to a malformed request.
+func FuzzHandler(f *testing.F) {
+	f.Add("plain", "alice", "secret", "imap", "1", "192.0.2.1")
+	f.Add("none", "", "", "smtp", "1", "192.0.2.1")
+	f.Add("cram-md5", "a%20b", "%zz", "pop3", "0", "::1")
+	f.Add("PLAIN", "zoe", "p%25", "IMAP", "99999999999999999999", "garbage")
+	f.Fuzz(func(t *testing.T, method, user, pass, proto, attempt, ip string) {
+		h := &Handler{Selector: fuzzSelector(t), Verifier: &fakeVerifier{outcome: imapcheck.OK}, Resolver: fakeResolver{}}
+		r := httptest.NewRequest("GET", "/mail/auth.php", nil)
+		r.Header = http.Header{}
+		for name, v := range map[string]string{"Auth-Method": method, "Auth-User": user, "Auth-Pass": pass,
+			"Auth-Protocol": proto, "Auth-Login-Attempt": attempt, "Client-IP": ip} {
+			r.Header[name] = []string{v}
+		}
+		h.Logger = discard
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, r)
+		status := w.Header().Get("Auth-Status")
+		if status == "" {
+			t.Fatalf("no Auth-Status for %v", r.Header)
+		}
+		if _, err := ParseRequest(r.Header); errors.Is(err, ErrMalformed) && status == StatusOK {
+			t.Errorf("OK for a malformed request %v", r.Header)
+		}
+		if status == "WAIT" {
+			t.Errorf("WAIT answered")
+		}
+	})
+}
+
+var discard = slog.New(slog.DiscardHandler)
+
+// fuzzSelector sends every user to one backend.
+func fuzzSelector(t *testing.T) backend.Selector {
+	return backend.Static{Backend: testBackends(t)["mailhost01"]}
+}
