@@ -37,6 +37,8 @@ type Resolver interface {
 // *backend.Health is the real one.
 type Health interface {
 	Up(backend string, proto backend.Protocol) bool
+	// Recheck asks for a probe soon, without waiting for it.
+	Recheck()
 }
 
 // Handler answers nginx's auth_http requests on any path. Its fields are
@@ -270,6 +272,9 @@ func (h *Handler) decidePlain(ctx context.Context, req Request) decision {
 	if h.Health != nil && (!h.Health.Up(b.Name, req.Protocol) || !h.Health.Up(b.Name, backend.Protocol(checkProto))) {
 		// Known down: answer now rather than after a timeout, and never
 		// from the cache, since nginx could not reach the backend anyway.
+		// The client retries after Auth-Wait; by then a fresh probe has
+		// seen the backend back, if it is.
+		h.Health.Recheck()
 		d.reason = "backend down (last probe failed)"
 		return h.temporary(req, d)
 	}

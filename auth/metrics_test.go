@@ -75,6 +75,7 @@ func TestMetrics(t *testing.T) {
 type downHealth struct{}
 
 func (downHealth) Up(string, backend.Protocol) bool { return false }
+func (downHealth) Recheck()                         {}
 
 func TestHandlerBackendKnownDown(t *testing.T) {
 	v := &fakeVerifier{outcome: imapcheck.OK}

@@ -32,8 +32,32 @@ type Health struct {
 	// down (and after its first probe), from the probing goroutine.
 	OnChange func(backend string, proto Protocol, addr string, up bool, err error)
 
+	pokeOnce sync.Once
+	poke     chan struct{} // asks Run for a round now; see Recheck
+
 	mu    sync.Mutex
 	state map[healthKey]bool // absent: not probed yet
+}
+
+// minRecheck is the least time between two probe rounds that Recheck
+// asks for, so that a burst of logins for a dead backend cannot turn
+// into a burst of probes.
+const minRecheck = 250 * time.Millisecond
+
+func (h *Health) pokeChan() chan struct{} {
+	h.pokeOnce.Do(func() { h.poke = make(chan struct{}, 1) })
+	return h.poke
+}
+
+// Recheck asks Run for a probe round now rather than at the next tick,
+// without waiting for it. The handler calls it when it refuses a login
+// because a backend is down, so that a backend that has come back is seen
+// within moments of the next login, not only after Interval.
+func (h *Health) Recheck() {
+	select {
+	case h.pokeChan() <- struct{}{}:
+	default: // a round is asked for already
+	}
 }
 
 type healthKey struct {
@@ -114,12 +138,22 @@ func (h *Health) Run(ctx context.Context) {
 	}
 	t := time.NewTicker(interval)
 	defer t.Stop()
+	poke := h.pokeChan()
 	for {
+		last := time.Now()
 		h.ProbeAll(ctx)
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		case <-poke:
+			wait := time.NewTimer(minRecheck - time.Since(last))
+			select {
+			case <-ctx.Done():
+				wait.Stop()
+				return
+			case <-wait.C:
+			}
 		}
 	}
 }

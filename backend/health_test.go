@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 // greeter accepts connections on loopback and sends each one greeting.
@@ -114,4 +115,56 @@ func TestHealthRunStops(t *testing.T) {
 	go func() { h.Run(ctx); close(done) }()
 	cancel()
 	<-done // goleak in TestMain checks that nothing is left behind
+}
+
+// TestHealthRecheck shows a backend that comes back being seen at the
+// next Recheck, long before the next tick.
+func TestHealthRecheck(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	_, port, _ := net.SplitHostPort(addr)
+	p, _ := strconv.Atoi(port)
+	ep := Endpoint{Host: "127.0.0.1", Port: uint16(p)}
+	changed := make(chan bool, 4)
+	h := &Health{
+		Backends: map[string]*Backend{"b": {Name: "b", Proxy: map[Protocol]Endpoint{POP3: ep}}},
+		Interval: time.Hour,
+		OnChange: func(_ string, _ Protocol, _ string, up bool, _ error) { changed <- up },
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { h.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	if up := <-changed; up {
+		t.Fatal("first probe of a closed port: up")
+	}
+	// The backend comes back on the same port.
+	ln, err = net.Listen("tcp", addr)
+	if err != nil {
+		t.Skipf("port taken meanwhile: %v", err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Write([]byte("+OK back\r\n"))
+			c.Close()
+		}
+	}()
+	h.Recheck()
+	select {
+	case up := <-changed:
+		if !up {
+			t.Error("after Recheck: still down")
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("Recheck did not probe")
+	}
 }

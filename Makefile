@@ -1,0 +1,47 @@
+# imapgate — the two commands that matter are `make demo` and `make test`.
+
+GO      ?= go
+GOFLAGS ?=
+export PATH := $(PATH):/usr/local/go/bin
+
+.PHONY: all build deps test unit integration fuzz demo clean
+
+all: build
+
+## build: the static binary in bin/imapgate
+build:
+	CGO_ENABLED=0 $(GO) build -trimpath -o bin/imapgate ./cmd/imapgate
+
+## deps: install the Debian packages the integration tests need (as root)
+deps:
+	./integration/install-deps.sh
+
+## test: every test, unit and integration, with the race detector
+test: deps
+	test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); exit 1; }
+	$(GO) vet ./...
+	$(GO) test -race -count=1 -timeout 20m ./...
+
+## unit: the tests that need no Dovecot or nginx
+unit:
+	$(GO) test -race -count=1 ./auth/... ./backend/... ./imapcheck/... ./cmd/...
+
+## integration: only the scenarios against real Dovecot and nginx
+integration: deps
+	$(GO) test -race -count=1 -timeout 20m ./integration/...
+
+## fuzz: each fuzz target for FUZZTIME (the committed corpora run in `make test` too)
+FUZZTIME ?= 10s
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzHandler$$' -fuzztime $(FUZZTIME) ./auth
+	$(GO) test -run '^$$' -fuzz '^FuzzUnescape$$' -fuzztime $(FUZZTIME) ./auth
+	$(GO) test -run '^$$' -fuzz '^FuzzPOP3Reply$$' -fuzztime $(FUZZTIME) ./imapcheck
+	$(GO) test -run '^$$' -fuzz '^FuzzParseBackends$$' -fuzztime $(FUZZTIME) ./backend
+	$(GO) test -run '^$$' -fuzz '^FuzzParseUsersFile$$' -fuzztime $(FUZZTIME) ./backend
+
+## demo: two Dovecots, nginx and imapgate on loopback; log in through nginx
+demo: deps
+	$(GO) run ./integration/cmd/demo
+
+clean:
+	rm -rf bin
