@@ -243,20 +243,25 @@ func (h *Handler) decidePlain(ctx context.Context, req Request) decision {
 		return h.rejected(req, decision{reason: "empty user or password"}, 0)
 	}
 	// Limits and failure counts fold case like the selectors and
-	// Dovecot do, so "Alice" and "alice" share one budget.
+	// Dovecot do, so "Alice" and "alice" share one budget. One keyed
+	// digest of user and password serves the limits, the cache and the
+	// coalescing: the password itself is kept nowhere.
 	limitUser := strings.ToLower(req.User)
-	if blocked, limit, why := h.limiter.blocked(limitUser, req.ClientIP); blocked {
+	sum := h.fp.digest(limitUser, req.Password)
+	fingerprint := binary.BigEndian.Uint64(sum[:8])
+	if blocked, limit, why := h.limiter.begin(limitUser, req.ClientIP, fingerprint); blocked {
 		h.Metrics.throttle(limit)
 		// A throttled guesser gets the longest Auth-Wait.
 		d := h.rejected(req, decision{reason: why}, maxAttemptsWithWait)
 		d.outcome = outcomeThrottled
 		return d
 	}
+	defer h.limiter.end(limitUser, req.ClientIP, fingerprint)
 	b, ok := h.Selector.Select(req.User)
 	if !ok {
 		// Answered exactly like a wrong password, so that nobody can learn
 		// which users exist, and counted like one.
-		return h.failed(req, limitUser, decision{reason: "no backend for user"})
+		return h.failed(req, limitUser, fingerprint, decision{reason: "no backend for user"})
 	}
 	d := decision{backend: b.Name}
 	if _, ok := b.Proxy[req.Protocol]; !ok {
@@ -278,8 +283,9 @@ func (h *Handler) decidePlain(ctx context.Context, req Request) decision {
 		d.reason = "backend down (last probe failed)"
 		return h.temporary(req, d)
 	}
+	// The entry is per (backend, protocol, user) and the digest covers
+	// user and password, so a hit means this very password was accepted.
 	key := cacheKey{backend: b.Name, protocol: string(checkProto), user: req.User}
-	sum := h.fp.digest(b.Name, string(checkProto), ep.String(), req.User, req.Password)
 	hit := h.cache.hit(key, sum)
 	if h.cache != nil {
 		h.Metrics.cacheLookup(hit)
@@ -292,7 +298,9 @@ func (h *Handler) decidePlain(ctx context.Context, req Request) decision {
 	// Identical checks at the same moment (a client opening several
 	// connections) share one backend login. The digest covers the
 	// password, so only the very same credentials are shared.
-	res, _, shared := h.flight.Do(string(sum[:]), func() (any, error) {
+	var ranHere bool
+	res, _, shared := h.flight.Do(key.backend+"\x00"+key.protocol+"\x00"+key.user+"\x00"+string(sum[:]), func() (any, error) {
+		ranHere = true
 		done := h.Metrics.checkStarted(b.Name, string(checkProto))
 		outcome, err := h.Verifier.Verify(ctx, imapcheck.Request{
 			Protocol:   checkProto,
@@ -300,13 +308,15 @@ func (h *Handler) decidePlain(ctx context.Context, req Request) decision {
 			ServerName: ep.Host,
 			User:       req.User,
 			Password:   req.Password,
+			ClientIP:   req.ClientIP,
 		})
 		done(outcome.String())
 		return checkResult{outcome, err}, nil
 	})
 	checked := res.(checkResult)
-	d.err, d.coalesced = checked.err, shared
-	if shared {
+	// shared is true for every caller, the one that ran the check too.
+	d.err, d.coalesced = checked.err, shared && !ranHere
+	if d.coalesced {
 		h.Metrics.coalescedCheck()
 	}
 	switch checked.outcome {
@@ -318,7 +328,7 @@ func (h *Handler) decidePlain(ctx context.Context, req Request) decision {
 	case imapcheck.Rejected:
 		h.cache.forget(key)
 		d.reason = "backend refused the credentials"
-		return h.failed(req, limitUser, d)
+		return h.failed(req, limitUser, fingerprint, d)
 	case imapcheck.Unsupported:
 		// The backend offers no way to check this login (plaintext logins
 		// disabled without TLS, or bytes the protocol cannot carry). That
@@ -345,12 +355,8 @@ type checkResult struct {
 }
 
 // failed answers a wrong password and counts it against the limits.
-func (h *Handler) failed(req Request, limitUser string, d decision) decision {
-	var tried int
-	if h.limiter != nil {
-		sum := h.fp.digest("limits", limitUser, req.Password)
-		tried = h.limiter.failure(limitUser, req.ClientIP, binary.BigEndian.Uint64(sum[:8]))
-	}
+func (h *Handler) failed(req Request, limitUser string, fingerprint uint64, d decision) decision {
+	tried := h.limiter.failure(limitUser, req.ClientIP, fingerprint)
 	return h.rejected(req, d, tried)
 }
 

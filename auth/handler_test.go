@@ -86,6 +86,9 @@ func serve(h http.Handler, header http.Header) *httptest.ResponseRecorder {
 	return w
 }
 
+// client is the Client-IP nginxHeader sends.
+var client = netip.MustParseAddr("192.0.2.7")
+
 func TestHandlerOutcomes(t *testing.T) {
 	tests := []struct {
 		name     string
@@ -102,21 +105,21 @@ func TestHandlerOutcomes(t *testing.T) {
 			header:  nginxHeader(),
 			outcome: imapcheck.OK,
 			want:    map[string]string{"Auth-Status": "OK", "Auth-Server": "192.0.2.22", "Auth-Port": "143", "Auth-Wait": ""},
-			checked: &imapcheck.Request{Protocol: imapcheck.IMAP, Address: "192.0.2.22:143", ServerName: "192.0.2.22", User: "alice", Password: "secret"},
+			checked: &imapcheck.Request{Protocol: imapcheck.IMAP, Address: "192.0.2.22:143", ServerName: "192.0.2.22", User: "alice", Password: "secret", ClientIP: client},
 		},
 		{
 			name:    "pop3 ok, escaped password decoded",
 			header:  nginxHeader("Auth-Protocol", "pop3", "Auth-Pass", "a+b%20c%25"),
 			outcome: imapcheck.OK,
 			want:    map[string]string{"Auth-Status": "OK", "Auth-Server": "192.0.2.22", "Auth-Port": "110"},
-			checked: &imapcheck.Request{Protocol: imapcheck.POP3, Address: "192.0.2.22:110", ServerName: "192.0.2.22", User: "alice", Password: "a+b c%"},
+			checked: &imapcheck.Request{Protocol: imapcheck.POP3, Address: "192.0.2.22:110", ServerName: "192.0.2.22", User: "alice", Password: "a+b c%", ClientIP: client},
 		},
 		{
 			name:    "smtp checked over imap, sent to smtp port",
 			header:  nginxHeader("Auth-Protocol", "smtp"),
 			outcome: imapcheck.OK,
 			want:    map[string]string{"Auth-Status": "OK", "Auth-Server": "192.0.2.22", "Auth-Port": "25", "Auth-Error-Code": ""},
-			checked: &imapcheck.Request{Protocol: imapcheck.IMAP, Address: "192.0.2.22:143", ServerName: "192.0.2.22", User: "alice", Password: "secret"},
+			checked: &imapcheck.Request{Protocol: imapcheck.IMAP, Address: "192.0.2.22:143", ServerName: "192.0.2.22", User: "alice", Password: "secret", ClientIP: client},
 		},
 		{
 			name:    "ipv6 backend is bare",
@@ -129,7 +132,7 @@ func TestHandlerOutcomes(t *testing.T) {
 			header:  nginxHeader("Auth-User", "nina"),
 			outcome: imapcheck.OK,
 			want:    map[string]string{"Auth-Status": "OK", "Auth-Server": "198.51.100.5", "Auth-Port": "143"},
-			checked: &imapcheck.Request{Protocol: imapcheck.IMAP, Address: "mail.example:143", ServerName: "mail.example", User: "nina", Password: "secret"},
+			checked: &imapcheck.Request{Protocol: imapcheck.IMAP, Address: "mail.example:143", ServerName: "mail.example", User: "nina", Password: "secret", ClientIP: client},
 		},
 		{
 			name:    "per-protocol ports",

@@ -2,6 +2,7 @@ package auth
 
 import (
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 )
@@ -78,10 +79,15 @@ type limiter struct {
 
 	mu      sync.Mutex
 	records map[recordKey]*record
+	// pending counts the checks in flight per count and fingerprint. A
+	// guesser who sends many passwords at once must not get them all past
+	// a limit that only counts failures already answered.
+	pending map[recordKey]map[uint64]int
 }
 
 func newLimiter(l Limits) *limiter {
-	return &limiter{limits: l, now: time.Now, records: make(map[recordKey]*record)}
+	return &limiter{limits: l, now: time.Now, records: make(map[recordKey]*record),
+		pending: make(map[recordKey]map[uint64]int)}
 }
 
 // network is the client's network as the limits see it: a /24 for IPv4
@@ -108,36 +114,90 @@ func (l *limiter) trusted(ip netip.Addr) bool {
 	return false
 }
 
-// blocked says whether a login for user from ip must be refused without
-// asking the backend, which limit applied (pair, user or network) and why.
-func (l *limiter) blocked(user string, ip netip.Addr) (blocked bool, limit, why string) {
+// begin says whether a login for user from ip, with the password whose
+// fingerprint is given, must be refused without asking the backend, which
+// limit applied (pair, user or network) and why. When it is not refused,
+// the check is counted as in flight until end: a password not yet known
+// wrong counts against the limits while its check runs.
+func (l *limiter) begin(user string, ip netip.Addr, fingerprint uint64) (blocked bool, limit, why string) {
 	if l == nil || l.trusted(ip) {
 		return false, "", ""
 	}
-	net := network(ip)
+	keys := l.keys(user, ip)
 	now := l.now()
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if over(l.count(recordKey{kindPair, user, net}, now), l.limits.PerPair) {
+	if l.over(keys[0], fingerprint, l.limits.PerPair, now) {
 		return true, "pair", "too many wrong passwords for this user from this network"
 	}
-	if l.live(recordKey{kindGood, user, net}, now) {
-		// The owner's own network: spared from locks that an attacker
-		// elsewhere can set off.
-		return false, "", ""
+	if !l.live(recordKey{kindGood, user, keys[0].network}, now) {
+		// Not the owner's own network: the locks an attacker elsewhere
+		// can set off apply.
+		if l.over(keys[1], fingerprint, l.limits.PerUser, now) {
+			return true, "user", "too many wrong passwords for this user"
+		}
+		if l.over(keys[2], fingerprint, l.limits.PerNetwork, now) {
+			return true, "network", "too many wrong passwords from this network"
+		}
 	}
-	if over(l.count(recordKey{kindUser, user, netip.Prefix{}}, now), l.limits.PerUser) {
-		return true, "user", "too many wrong passwords for this user"
-	}
-	if over(l.count(recordKey{kindNetwork, "", net}, now), l.limits.PerNetwork) {
-		return true, "network", "too many wrong passwords from this network"
+	for _, k := range keys {
+		p := l.pending[k]
+		if p == nil {
+			p = make(map[uint64]int)
+			l.pending[k] = p
+		}
+		p[fingerprint]++
 	}
 	return false, "", ""
 }
 
-// over reports whether count reached limit; a limit of zero or less is off.
-func over(count, limit int) bool {
-	return limit > 0 && count >= limit
+// end ends a check begin let through.
+func (l *limiter) end(user string, ip netip.Addr, fingerprint uint64) {
+	if l == nil || l.trusted(ip) {
+		return
+	}
+	keys := l.keys(user, ip)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, k := range keys {
+		p := l.pending[k]
+		if p[fingerprint]--; p[fingerprint] <= 0 {
+			delete(p, fingerprint)
+		}
+		if len(p) == 0 {
+			delete(l.pending, k)
+		}
+	}
+}
+
+// keys are the pair, user and network counts a login from ip touches.
+func (l *limiter) keys(user string, ip netip.Addr) [3]recordKey {
+	net := network(ip)
+	return [3]recordKey{{kindPair, user, net}, {kindUser, user, netip.Prefix{}}, {kindNetwork, "", net}}
+}
+
+// over reports whether one more distinct password on k would pass limit:
+// the wrong passwords counted plus those being checked, unless fingerprint
+// is one of them already (a retry of the same password costs nothing). A
+// limit of zero or less is off.
+func (l *limiter) over(k recordKey, fingerprint uint64, limit int, now time.Time) bool {
+	if limit <= 0 {
+		return false
+	}
+	n := 0
+	if r, ok := l.records[k]; ok && now.Before(r.expires) {
+		if slices.Contains(r.seen, fingerprint) {
+			return false
+		}
+		n = len(r.seen)
+	} else if ok {
+		delete(l.records, k)
+	}
+	p := l.pending[k]
+	if _, ok := p[fingerprint]; ok {
+		return false
+	}
+	return n+len(p) >= limit
 }
 
 // failure counts a wrong password, given by its fingerprint, and returns
@@ -148,13 +208,13 @@ func (l *limiter) failure(user string, ip netip.Addr, fingerprint uint64) int {
 	if l == nil || l.trusted(ip) {
 		return 0
 	}
-	net := network(ip)
+	keys := l.keys(user, ip)
 	now := l.now()
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	pair := l.add(recordKey{kindPair, user, net}, fingerprint, l.limits.PerPair, now)
-	l.add(recordKey{kindUser, user, netip.Prefix{}}, fingerprint, l.limits.PerUser, now)
-	l.add(recordKey{kindNetwork, "", net}, fingerprint, l.limits.PerNetwork, now)
+	pair := l.add(keys[0], fingerprint, l.limits.PerPair, now)
+	l.add(keys[1], fingerprint, l.limits.PerUser, now)
+	l.add(keys[2], fingerprint, l.limits.PerNetwork, now)
 	return pair
 }
 
@@ -176,19 +236,6 @@ func (l *limiter) success(user string, ip netip.Addr) {
 	}
 	l.makeRoom(now)
 	l.records[k] = &record{expires: now.Add(l.limits.Remember)}
-}
-
-// count returns the live count of k.
-func (l *limiter) count(k recordKey, now time.Time) int {
-	r, ok := l.records[k]
-	if !ok {
-		return 0
-	}
-	if !now.Before(r.expires) {
-		delete(l.records, k)
-		return 0
-	}
-	return len(r.seen)
 }
 
 func (l *limiter) live(k recordKey, now time.Time) bool {
@@ -213,10 +260,8 @@ func (l *limiter) add(k recordKey, fingerprint uint64, limit int, now time.Time)
 		l.records[k] = r
 	}
 	r.expires = now.Add(l.limits.Window)
-	for _, f := range r.seen {
-		if f == fingerprint {
-			return len(r.seen)
-		}
+	if slices.Contains(r.seen, fingerprint) {
+		return len(r.seen)
 	}
 	if len(r.seen) < limit {
 		r.seen = append(r.seen, fingerprint)

@@ -17,6 +17,17 @@ func testLimiter(l Limits) (*limiter, *time.Time) {
 	return lim, &now
 }
 
+// check asks begin about a password not tried before, and ends the check
+// at once: the limits as a login that is about to be checked sees them.
+func (l *limiter) check(user string, ip netip.Addr) (bool, string, string) {
+	const fresh = 1 << 63
+	blocked, limit, why := l.begin(user, ip, fresh)
+	if !blocked {
+		l.end(user, ip, fresh)
+	}
+	return blocked, limit, why
+}
+
 var (
 	attacker  = netip.MustParseAddr("203.0.113.50")
 	attacker2 = netip.MustParseAddr("203.0.113.51") // same /24
@@ -30,19 +41,46 @@ func TestLimiterCountsDistinctPasswords(t *testing.T) {
 	for range 20 {
 		lim.failure("alice", attacker, 1)
 	}
-	if blocked, _, _ := lim.blocked("alice", attacker); blocked {
+	if blocked, _, _ := lim.check("alice", attacker); blocked {
 		t.Fatal("one password retried 20 times blocked the pair")
 	}
 	lim.failure("alice", attacker2, 2) // same /24: same network
 	lim.failure("alice", attacker, 3)
-	if blocked, limit, why := lim.blocked("alice", attacker); !blocked || limit != "pair" || why == "" {
+	if blocked, limit, why := lim.check("alice", attacker); !blocked || limit != "pair" || why == "" {
 		t.Errorf("three distinct wrong passwords did not block the pair")
 	}
-	if blocked, _, _ := lim.blocked("alice", owner); blocked {
+	if blocked, _, _ := lim.check("alice", owner); blocked {
 		t.Error("an attack from one network blocked the user everywhere")
 	}
-	if blocked, _, _ := lim.blocked("bob", attacker); blocked {
+	if blocked, _, _ := lim.check("bob", attacker); blocked {
 		t.Error("the pair's limit blocked another user")
+	}
+}
+
+func TestLimiterCountsChecksInFlight(t *testing.T) {
+	lim, _ := testLimiter(Limits{PerPair: 3, PerUser: 100, PerNetwork: 100, Window: time.Minute})
+	// A guesser sends passwords at once: only PerPair get through while
+	// none has been answered yet.
+	let := 0
+	for i := range 10 {
+		if blocked, _, _ := lim.begin("alice", attacker, uint64(i)); !blocked {
+			let++
+		}
+	}
+	if let != 3 {
+		t.Errorf("%d concurrent guesses let through, want 3", let)
+	}
+	// The same password again (a client's parallel connections) is
+	// let through: it adds no new password.
+	if blocked, _, _ := lim.begin("alice", attacker, 1); blocked {
+		t.Error("a password already being checked was refused")
+	}
+	for i := range 3 {
+		lim.end("alice", attacker, uint64(i))
+	}
+	lim.end("alice", attacker, 1)
+	if len(lim.pending) != 0 {
+		t.Errorf("pending checks left after every end: %v", lim.pending)
 	}
 }
 
@@ -50,15 +88,15 @@ func TestLimiterWindow(t *testing.T) {
 	lim, now := testLimiter(Limits{PerPair: 2, PerUser: 100, PerNetwork: 100, Window: time.Minute})
 	lim.failure("alice", attacker, 1)
 	lim.failure("alice", attacker, 2)
-	if blocked, _, _ := lim.blocked("alice", attacker); !blocked {
+	if blocked, _, _ := lim.check("alice", attacker); !blocked {
 		t.Fatal("not blocked")
 	}
 	*now = now.Add(59 * time.Second)
-	if blocked, _, _ := lim.blocked("alice", attacker); !blocked {
+	if blocked, _, _ := lim.check("alice", attacker); !blocked {
 		t.Error("unblocked before the window ended")
 	}
 	*now = now.Add(time.Second)
-	if blocked, _, _ := lim.blocked("alice", attacker); blocked {
+	if blocked, _, _ := lim.check("alice", attacker); blocked {
 		t.Error("still blocked after a quiet window")
 	}
 }
@@ -70,21 +108,21 @@ func TestLimiterSparesTheOwner(t *testing.T) {
 	for i := range 5 {
 		lim.failure("alice", netip.AddrFrom4([4]byte{10, byte(i), 0, 1}), uint64(i))
 	}
-	if blocked, _, _ := lim.blocked("alice", stranger); !blocked {
+	if blocked, _, _ := lim.check("alice", stranger); !blocked {
 		t.Error("user limit did not block a network alice never used")
 	}
-	if blocked, _, _ := lim.blocked("alice", owner); blocked {
+	if blocked, _, _ := lim.check("alice", owner); blocked {
 		t.Error("the owner's network was locked out by an attack elsewhere")
 	}
 	// Password spraying from one network: many users, one guess each.
 	for i := range 8 {
 		lim.failure(fmt.Sprintf("user%d", i), attacker, uint64(100+i))
 	}
-	if blocked, _, _ := lim.blocked("carol", attacker); !blocked {
+	if blocked, _, _ := lim.check("carol", attacker); !blocked {
 		t.Error("network limit did not block the spraying network")
 	}
 	lim.success("dave", attacker2) // a real user behind the same NAT, known before
-	if blocked, _, _ := lim.blocked("dave", attacker); blocked {
+	if blocked, _, _ := lim.check("dave", attacker); blocked {
 		t.Error("a user who logged in from the network was locked out by the network limit")
 	}
 }
@@ -94,7 +132,7 @@ func TestLimiterSuccessClearsThePair(t *testing.T) {
 	lim.failure("alice", owner, 1)
 	lim.success("alice", owner)
 	lim.failure("alice", owner, 2)
-	if blocked, _, _ := lim.blocked("alice", owner); blocked {
+	if blocked, _, _ := lim.check("alice", owner); blocked {
 		t.Error("typos before a successful login still count")
 	}
 }
@@ -105,10 +143,10 @@ func TestLimiterTrustedNetworks(t *testing.T) {
 	for i := range 10 {
 		lim.failure("alice", attacker, uint64(i))
 	}
-	if blocked, _, _ := lim.blocked("alice", attacker); blocked {
+	if blocked, _, _ := lim.check("alice", attacker); blocked {
 		t.Error("a trusted network was blocked")
 	}
-	if blocked, _, _ := lim.blocked("alice", stranger); blocked {
+	if blocked, _, _ := lim.check("alice", stranger); blocked {
 		t.Error("failures from a trusted network were counted")
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"strings"
 	"time"
 
@@ -49,7 +50,6 @@ func (v *Verifier) verifyIMAP(ctx context.Context, req Request, raw net.Conn, tr
 	if e != nil {
 		return e
 	}
-	replay := io.MultiReader(strings.NewReader(greeting+"\r\n"), r)
 	if v.security() == SecurityStartTLS {
 		tconn, e := v.imapStartTLS(ctx, req, raw, conn, r, tr)
 		if e != nil {
@@ -60,8 +60,15 @@ func (v *Verifier) verifyIMAP(ctx context.Context, req Request, raw net.Conn, tr
 		// CAPABILITY code, it makes the client ask for the capabilities
 		// again, as RFC 9051 section 6.2.1 requires after the upgrade.
 		conn = tconn
-		replay = io.MultiReader(strings.NewReader("* OK TLS established\r\n"), tconn)
+		r = bufio.NewReaderSize(tconn, maxLine)
+		greeting = "* OK TLS established"
 	}
+	if v.ForwardClientIP && req.ClientIP.IsValid() {
+		if e := imapForwardClient(conn, r, req.ClientIP); e != nil {
+			return e
+		}
+	}
+	replay := io.MultiReader(strings.NewReader(greeting+"\r\n"), r)
 
 	// Close returns only once the client's reader goroutine has ended.
 	c := imapclient.New(&greetedConn{Conn: conn, r: replay}, nil)
@@ -195,6 +202,28 @@ func (v *Verifier) imapStartTLS(ctx context.Context, req Request, raw, conn net.
 		return nil, e
 	}
 	return tr.wrap(tc), nil
+}
+
+// imapForwardClient tells the server the client's address with the ID
+// command (RFC 2971) and Dovecot's "x-originating-ip" field, before
+// imapclient takes over the connection (its ID cannot carry that field).
+// The server's answer does not matter: one that does not know ID, or does
+// not trust us, goes on as if nothing was said.
+func imapForwardClient(conn io.Writer, r *bufio.Reader, ip netip.Addr) *Error {
+	const tag = "F1"
+	if _, err := fmt.Fprintf(conn, "%s ID (\"x-originating-ip\" \"%s\")\r\n", tag, ip.Unmap()); err != nil {
+		return &Error{Outcome: Temporary, Err: fmt.Errorf("ID: %w", err)}
+	}
+	for {
+		line, err := readLine(r)
+		if err != nil {
+			return &Error{Outcome: Temporary, Err: fmt.Errorf("ID: %w", err)}
+		}
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == tag {
+			return nil
+		}
+		// Untagged data (the server's own ID) is skipped.
+	}
 }
 
 // greetedConn is a net.Conn whose reads come from r, which starts with the

@@ -7,6 +7,8 @@
 // keeps the server's reply for the log.
 package imapcheck
 
+import "net/netip"
+
 // Outcome is the verdict of one verification.
 type Outcome int
 
@@ -77,4 +79,7 @@ type Request struct {
 	// User and Password are the client's credentials, already decoded.
 	User     string
 	Password string
+	// ClientIP is the mail client's address, told to the server when the
+	// Verifier forwards it; the zero Addr tells nothing.
+	ClientIP netip.Addr
 }

@@ -34,7 +34,8 @@ func (v *Verifier) verifyPOP3(ctx context.Context, req Request, raw net.Conn, tr
 		conn = tc
 	}
 	c := newPOP3Client(tr.wrap(conn))
-	if _, err := c.reply(); err != nil {
+	greeting, err := c.reply()
+	if err != nil {
 		return pop3Failure("greeting", err, Temporary)
 	}
 	caps, err := c.capa()
@@ -63,6 +64,18 @@ func (v *Verifier) verifyPOP3(ctx context.Context, req Request, raw net.Conn, tr
 		// the ones seen before it must be forgotten.
 		if caps, err = c.capa(); err != nil {
 			return pop3Failure("CAPA", err, Temporary)
+		}
+	}
+
+	// Dovecot offers XCLIENT in its greeting to the networks it trusts.
+	if v.ForwardClientIP && req.ClientIP.IsValid() && strings.Contains(strings.ToUpper(greeting), "[XCLIENT]") {
+		if _, err := c.cmd("XCLIENT ADDR=%s", req.ClientIP.Unmap()); err != nil {
+			var pe *pop3Error
+			if !errors.As(err, &pe) {
+				return pop3Failure("XCLIENT", err, Temporary)
+			}
+			// Refused: log in without it, as with a server that never
+			// offered it.
 		}
 	}
 

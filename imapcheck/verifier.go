@@ -39,6 +39,15 @@ type Verifier struct {
 	// server answers them, replaced by "<redacted>"; the password is also
 	// scrubbed from the server's lines. User names do appear.
 	Debug io.Writer
+	// ForwardClientIP tells the server the mail client's address
+	// (Request.ClientIP) before the login: over IMAP with the ID command's
+	// "x-originating-ip" field (RFC 2971, as Dovecot reads it), over POP3
+	// with XCLIENT when the greeting offers it. A server that trusts
+	// imapgate's address (Dovecot: login_trusted_networks) then logs the
+	// real client and keeps its auth penalty on that client, instead of
+	// slowing every user's check after one guesser's failures. A server
+	// that does not trust it ignores the address.
+	ForwardClientIP bool
 }
 
 // Error is a failed verification. Its text carries the server's reply or the

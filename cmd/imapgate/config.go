@@ -44,6 +44,7 @@ type config struct {
 	VerifyCAFile     string        `env:"VERIFY_CA_FILE"`
 	VerifyTimeout    time.Duration `env:"VERIFY_TIMEOUT, default=10s"`
 	SMTPVerify       string        `env:"SMTP_VERIFY, default=imap"`
+	ForwardClientIP  bool          `env:"FORWARD_CLIENT_IP, default=true"`
 	SMTPRelay        string        `env:"SMTP_RELAY"`
 	SharedSecret     string        `env:"SHARED_SECRET"`
 	AllowFrom        networks      `env:"ALLOW_FROM"`
@@ -293,6 +294,9 @@ func newService(cfg config, logOut io.Writer) (*service, error) {
 			Security:  security,
 			TLSConfig: tlsConfig,
 			Timeout:   cfg.VerifyTimeout,
+			// Dovecot's auth penalty is per source address: told the
+			// client's, it slows the guesser, not every user.
+			ForwardClientIP: cfg.ForwardClientIP,
 		},
 		Resolver:     &backend.Resolver{},
 		SMTPVerify:   smtpVerify,

@@ -87,6 +87,7 @@ func TestConfigErrorsNameTheVariable(t *testing.T) {
 		{"limit window zero", base("IMAPGATE_LIMIT_WINDOW", "0s"), "IMAPGATE_LIMIT_WINDOW"},
 		{"trusted garbled", base("IMAPGATE_TRUSTED_NETWORKS", "10.0.0.0/8,webmail"), "IMAPGATE_TRUSTED_NETWORKS"},
 		{"allow from garbled", base("IMAPGATE_ALLOW_FROM", "127.0.0.1/33"), "IMAPGATE_ALLOW_FROM"},
+		{"forward client ip", base("IMAPGATE_FORWARD_CLIENT_IP", "maybe"), "IMAPGATE_FORWARD_CLIENT_IP"},
 		{"probe interval", base("IMAPGATE_PROBE_INTERVAL", "0s"), "IMAPGATE_PROBE_INTERVAL"},
 		{"log format", base("IMAPGATE_LOG_FORMAT", "xml"), "IMAPGATE_LOG_FORMAT"},
 		{"log level", base("IMAPGATE_LOG_LEVEL", "loud"), "IMAPGATE_LOG_LEVEL"},

@@ -62,6 +62,9 @@ type Backend struct {
 	Accounts []dovecot.Account
 	// LogPath is Dovecot's log file; empty for an external backend.
 	LogPath string
+	// AuthPenalty keeps Dovecot's per-IP auth penalty on (it is off
+	// unless a test shows why imapgate's own limits matter).
+	AuthPenalty bool
 
 	mode      string
 	passwd    string
@@ -138,7 +141,9 @@ func (b *Backend) render() error {
 		Name, Dir, BaseDir string
 		Listeners          []Listener
 		AuthPenalty        bool
-	}{Name: b.Name, Dir: b.dir, BaseDir: filepath.Join(b.dir, "run")}
+		ContainerMode      bool
+	}{Name: b.Name, Dir: b.dir, BaseDir: filepath.Join(b.dir, "run"), AuthPenalty: b.AuthPenalty,
+		ContainerMode: b.mode == ModeContainer}
 	for _, l := range b.Listeners {
 		if b.mode == ModeContainer {
 			// Inside the container Dovecot listens everywhere; Docker

@@ -55,6 +55,12 @@ const (
 	IPMailhost02 = "127.0.0.3"
 	// IPMailhost03 is the backend the outage scenario stops and starts.
 	IPMailhost03 = "127.0.0.7"
+	// IPMailhost08, IPMailhost09 and IPMailhost10 are the backends of the
+	// hardening scenarios (cache, limits, Dovecot's auth penalty), each
+	// alone on its Dovecot so that its log counts only its own logins.
+	IPMailhost08 = "127.0.0.8"
+	IPMailhost09 = "127.0.0.9"
+	IPMailhost10 = "127.0.0.10"
 	// IPDemoGateway is where `make demo` puts nginx and imapgate.
 	IPDemoGateway = "127.0.0.4"
 )
@@ -392,10 +398,21 @@ func (e *Env) startBackend(ctx context.Context, b *Backend) error {
 // ports, with the accounts of passwd (mailhost01 or mailhost02). It is for
 // scenarios that stop a backend; Close (or the caller) stops it.
 func (e *Env) StartExtraBackend(ctx context.Context, name, ip, passwd string) (*Backend, error) {
+	return e.startExtra(ctx, name, ip, passwd, false)
+}
+
+// StartPenaltyBackend is StartExtraBackend with Dovecot's per-IP auth
+// penalty left on, as Dovecot ships.
+func (e *Env) StartPenaltyBackend(ctx context.Context, name, ip, passwd string) (*Backend, error) {
+	return e.startExtra(ctx, name, ip, passwd, true)
+}
+
+func (e *Env) startExtra(ctx context.Context, name, ip, passwd string, penalty bool) (*Backend, error) {
 	if e.Mode == ModeExternal {
 		return nil, errors.New("external mode: the harness cannot start backends")
 	}
 	b := e.newBackend(name, ip, passwd, standardListeners(ip))
+	b.AuthPenalty = penalty
 	e.mu.Lock()
 	e.extra = append(e.extra, b)
 	e.mu.Unlock()
