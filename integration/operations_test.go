@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -11,6 +12,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -199,4 +201,48 @@ func TestFail2banFilter(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestSIGHUPReloadsUsersFile (issue 5): SIGHUP rereads the users file at
+// once; a broken file is logged and the last good table stays.
+func TestSIGHUPReloadsUsersFile(t *testing.T) {
+	t.Parallel()
+	e := requireEnv(t)
+	users := writeFile(t, "users", "sam mailhost01\n")
+	gw := startGateway(t, map[string]string{
+		"IMAPGATE_BACKENDS":   fmt.Sprintf("mailhost01=%s;mailhost02=%s", harness.IPMailhost01, harness.IPMailhost02),
+		"IMAPGATE_USERS_FILE": users,
+	})
+	ctx := ctxFor(t, time.Minute)
+	sam := e.Password("mailhost01", "sam") // the same on both hosts
+	hangup := func(want func(harness.LoginRecord) bool) {
+		t.Helper()
+		from := gw.Imapgate.Len()
+		if err := gw.Imapgate.Signal(syscall.SIGHUP); err != nil {
+			t.Fatal(err)
+		}
+		_, at, err := gw.Imapgate.WaitLine(ctx, from, func(l string) bool {
+			r := harness.LoginRecord(harness.ParseLogLine(l))
+			return r.Get("msg") == "rereading the users file" && r.Get("reason") == "SIGHUP"
+		})
+		if err != nil {
+			t.Fatalf("SIGHUP not acted on: %v", err)
+		}
+		if _, _, err := gw.Imapgate.WaitLine(ctx, at, func(l string) bool { return want(harness.LoginRecord(harness.ParseLogLine(l))) }); err != nil {
+			t.Fatalf("no result line after the SIGHUP reload: %v", err)
+		}
+	}
+
+	// In place, same size and mtime second: only SIGHUP is sure to see it.
+	if err := os.WriteFile(users, []byte("sam mailhost02\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	hangup(func(r harness.LoginRecord) bool { return r.Get("msg") == "users file loaded" })
+	checkAuthServer(t, gw, "imap", "sam", sam, harness.IPMailhost02, "143")
+
+	if err := os.WriteFile(users, []byte("sam nosuchbackend\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	hangup(func(r harness.LoginRecord) bool { return strings.HasPrefix(r.Get("msg"), "users file not reloaded") })
+	checkAuthServer(t, gw, "imap", "sam", sam, harness.IPMailhost02, "143")
 }

@@ -152,10 +152,10 @@ func (s *service) reloadOnHangup(ctx context.Context) {
 	for {
 		select {
 		case <-hup:
-			// Reload logs a broken file itself and keeps the last good one.
-			if err := s.usersFile.Reload(); err == nil {
-				s.logger.Info("users file reloaded", "path", s.cfg.UsersFile, "reason", "SIGHUP", "users", s.usersFile.Len())
-			}
+			s.logger.Info("rereading the users file", "path", s.cfg.UsersFile, "reason", "SIGHUP")
+			// Reload logs the result: the new table, or why the file is
+			// broken and the last good table stays.
+			s.usersFile.Reload()
 		case <-ctx.Done():
 			return
 		}
