@@ -458,12 +458,10 @@ func (h *Handler) log(req Request, d decision, elapsed time.Duration) {
 		slog.String("outcome", d.outcome),
 		slog.Duration("duration", elapsed),
 		slog.Bool("cached", d.cached),
-	}
-	if d.coalesced {
-		attrs = append(attrs, slog.Bool("coalesced", true))
-	}
-	if d.reason != "" {
-		attrs = append(attrs, slog.String("reason", d.reason))
+		slog.Bool("coalesced", d.coalesced),
+		// Always there, empty for a plain success, so the line's fields
+		// are the same for every attempt.
+		slog.String("reason", d.reason),
 	}
 	if d.err != nil {
 		attrs = append(attrs, slog.String("reply", d.err.Error()))
