@@ -122,6 +122,8 @@ func TestHandlerCacheOff(t *testing.T) {
 type gateVerifier struct {
 	release chan struct{}
 	outcome imapcheck.Outcome
+	// entered, when not nil, is told of every check that starts.
+	entered chan struct{}
 
 	mu    sync.Mutex
 	calls int
@@ -131,6 +133,9 @@ func (g *gateVerifier) Verify(ctx context.Context, req imapcheck.Request) (imapc
 	g.mu.Lock()
 	g.calls++
 	g.mu.Unlock()
+	if g.entered != nil {
+		g.entered <- struct{}{}
+	}
 	<-g.release
 	return g.outcome, nil
 }
@@ -173,5 +178,51 @@ func TestHandlerCoalescesConcurrentChecks(t *testing.T) {
 		if n := v.count(); n != 3 {
 			t.Errorf("two different passwords made %d checks, want 2 more", n-1)
 		}
+	})
+}
+
+// TestHandlerBoundsChecksPerBackend: with MaxChecks 2, a third distinct
+// check waits until one of the two in flight ends.
+func TestHandlerBoundsChecksPerBackend(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		release := make(chan struct{})
+		v := &gateVerifier{release: release, outcome: imapcheck.OK}
+		var log bytes.Buffer
+		h := newTestHandler(t, &fakeVerifier{}, &log)
+		h.Verifier = v
+		h.MaxChecks = 2
+		for _, pass := range []string{"one", "two", "three"} {
+			go serve(h, nginxHeader("Auth-Pass", pass))
+		}
+		synctest.Wait()
+		if n := v.count(); n != 2 {
+			t.Errorf("%d checks in flight, want 2", n)
+		}
+		close(release)
+		synctest.Wait()
+		if n := v.count(); n != 3 {
+			t.Errorf("%d checks after the slots freed, want 3", n)
+		}
+	})
+}
+
+// TestHandlerSlotWaitEnds: a check that cannot get a slot before its
+// deadline is a temporary failure.
+func TestHandlerSlotWaitEnds(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		release := make(chan struct{})
+		v := &gateVerifier{release: release, outcome: imapcheck.OK}
+		var log bytes.Buffer
+		h := newTestHandler(t, &fakeVerifier{}, &log)
+		h.Verifier = v
+		h.MaxChecks = 1
+		h.Timeout = time.Second
+		go serve(h, nginxHeader("Auth-Pass", "one"))
+		synctest.Wait()
+		w := serve(h, nginxHeader("Auth-Pass", "two")) // waits a fake second
+		if got := w.Header().Get("Auth-Status"); got != StatusTemporary {
+			t.Errorf("no slot until the deadline: Auth-Status %q", got)
+		}
+		close(release)
 	})
 }

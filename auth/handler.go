@@ -74,6 +74,9 @@ type Handler struct {
 	CacheSize int
 	// Limits bounds password guessing; nil means no limits.
 	Limits *Limits
+	// MaxChecks bounds the checks in flight on each backend; more wait
+	// for a slot, until their deadline. 0 means no bound.
+	MaxChecks int
 	// Metrics, when set, records what the handler does.
 	Metrics *Metrics
 	// Health, when set, says which backends answer their probes; a login
@@ -87,6 +90,7 @@ type Handler struct {
 	fp      *fingerprinter
 	cache   *loginCache
 	limiter *limiter
+	slots   *checkSlots
 	flight  singleflight.Group
 }
 
@@ -101,6 +105,7 @@ func (h *Handler) init() {
 	if h.Limits != nil {
 		h.limiter = newLimiter(*h.Limits)
 	}
+	h.slots = &checkSlots{perBackend: h.MaxChecks, slots: make(map[string]chan struct{})}
 }
 
 // Outcomes logged for a login attempt, beyond the verifier's own.
@@ -136,45 +141,67 @@ type decision struct {
 // Auth-Status (or 403 for a request without the shared secret), since
 // anything else makes nginx show the client "internal server error".
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	code, resp, a := h.answer(r.Context(), httpFields(r.Header), r.RemoteAddr)
+	if code == http.StatusForbidden {
+		w.WriteHeader(code)
+	} else {
+		resp.Write(w, code)
+	}
+	h.record(a)
+}
+
+// attempt is a login attempt answered, for record.
+type attempt struct {
+	req   Request
+	d     decision
+	start time.Time
+}
+
+// answer answers one request, whatever server read it: the HTTP status
+// code and, unless it is 403, nginx's answer. The caller sends the answer
+// and then calls record, so that nginx does not wait for the log line.
+func (h *Handler) answer(ctx context.Context, f fields, remote string) (int, Response, *attempt) {
 	start := time.Now()
 	h.once.Do(h.init)
-	if !h.peerAllowed(r) {
-		w.WriteHeader(http.StatusForbidden)
-		h.logger().Warn("login", "outcome", outcomeForbidden, "reason", "peer not in IMAPGATE_ALLOW_FROM",
-			"remote", r.RemoteAddr)
-		return
+	if !h.peerAllowed(remote) {
+		h.logger().Warn("login", "outcome", outcomeForbidden, "reason", "peer not in IMAPGATE_ALLOW_FROM", "remote", remote)
+		return http.StatusForbidden, Response{}, nil
 	}
-	if !h.secretOK(r) {
-		w.WriteHeader(http.StatusForbidden)
-		h.logger().Warn("login", "outcome", outcomeForbidden, "reason", "missing or wrong "+secretHeader,
-			"remote", r.RemoteAddr)
-		return
+	if !h.secretOK(f) {
+		h.logger().Warn("login", "outcome", outcomeForbidden, "reason", "missing or wrong "+secretHeader, "remote", remote)
+		return http.StatusForbidden, Response{}, nil
 	}
-	req, err := ParseRequest(r.Header)
+	req, err := parseRequest(f)
 	if err != nil {
-		Response{Status: StatusMalformed}.Write(w, http.StatusBadRequest)
 		h.Metrics.request("", outcomeMalformed)
-		h.logger().Warn("login", "outcome", outcomeMalformed, "reason", err.Error(), "remote", r.RemoteAddr)
-		return
+		h.logger().Warn("login", "outcome", outcomeMalformed, "reason", err.Error(), "remote", remote)
+		return http.StatusBadRequest, Response{Status: StatusMalformed}, nil
 	}
-	ctx := r.Context()
 	if h.Timeout > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, h.Timeout)
 		defer cancel()
 	}
 	d := h.decide(ctx, req)
-	d.resp.Write(w, http.StatusOK)
-	h.Metrics.request(string(req.Protocol), d.outcome)
-	h.log(req, d, time.Since(start))
+	return http.StatusOK, d.resp, &attempt{req: req, d: d, start: start}
+}
+
+// record counts and logs an answered attempt; nil is a request that was
+// logged already (forbidden, malformed).
+func (h *Handler) record(a *attempt) {
+	if a == nil {
+		return
+	}
+	h.Metrics.request(string(a.req.Protocol), a.d.outcome)
+	h.log(a.req, a.d, time.Since(a.start))
 }
 
 // peerAllowed reports whether the request's peer is in AllowFrom.
-func (h *Handler) peerAllowed(r *http.Request) bool {
+func (h *Handler) peerAllowed(remote string) bool {
 	if len(h.AllowFrom) == 0 {
 		return true
 	}
-	ap, err := netip.ParseAddrPort(r.RemoteAddr)
+	ap, err := netip.ParseAddrPort(remote)
 	if err != nil {
 		return false
 	}
@@ -190,11 +217,12 @@ func (h *Handler) peerAllowed(r *http.Request) bool {
 // secretOK reports whether the request carries the shared secret. Both
 // sides are hashed first so the comparison takes the same time whatever
 // the length of the guess.
-func (h *Handler) secretOK(r *http.Request) bool {
+func (h *Handler) secretOK(f fields) bool {
 	if h.SharedSecret == "" {
 		return true
 	}
-	got := sha256.Sum256([]byte(r.Header.Get(secretHeader)))
+	secret, _ := f.field(secretHeader)
+	got := sha256.Sum256([]byte(secret))
 	want := sha256.Sum256([]byte(h.SharedSecret))
 	return subtle.ConstantTimeCompare(got[:], want[:]) == 1
 }
@@ -301,6 +329,11 @@ func (h *Handler) decidePlain(ctx context.Context, req Request) decision {
 	var ranHere bool
 	res, _, shared := h.flight.Do(key.backend+"\x00"+key.protocol+"\x00"+key.user+"\x00"+string(sum[:]), func() (any, error) {
 		ranHere = true
+		release, err := h.slots.acquire(ctx, b.Name)
+		if err != nil {
+			return checkResult{imapcheck.Temporary, fmt.Errorf("waiting for one of the %d check slots of backend %s: %w", h.MaxChecks, b.Name, err)}, nil
+		}
+		defer release()
 		done := h.Metrics.checkStarted(b.Name, string(checkProto))
 		outcome, err := h.Verifier.Verify(ctx, imapcheck.Request{
 			Protocol:   checkProto,

@@ -64,11 +64,32 @@ type Request struct {
 // ErrMalformed is wrapped by every error ParseRequest returns.
 var ErrMalformed = errors.New("malformed auth_http request")
 
+// fields is read access to a request's header fields: the first value of
+// the field with the canonical name, and how many times it was sent.
+type fields interface {
+	field(name string) (value string, n int)
+}
+
+// httpFields are the fields of a request net/http parsed.
+type httpFields http.Header
+
+func (h httpFields) field(name string) (string, int) {
+	values := http.Header(h).Values(name)
+	if len(values) == 0 {
+		return "", 0
+	}
+	return values[0], len(values)
+}
+
 // ParseRequest reads nginx's request headers. It refuses anything nginx
 // would never send (a missing or repeated header, a bad escape, an unknown
 // method or protocol) so that odd input is answered, never guessed at.
 // Error texts never contain the password.
 func ParseRequest(h http.Header) (Request, error) {
+	return parseRequest(httpFields(h))
+}
+
+func parseRequest(h fields) (Request, error) {
 	var req Request
 
 	method, err := single(h, "Auth-Method", true)
@@ -142,17 +163,15 @@ func ParseRequest(h http.Header) (Request, error) {
 // single returns the one value of header name. nginx sends each header at
 // most once; two values mean the request did not come from nginx (or was
 // tampered with), so it is refused rather than resolved either way.
-func single(h http.Header, name string, required bool) (string, error) {
-	values := h.Values(name)
+func single(h fields, name string, required bool) (string, error) {
+	value, n := h.field(name)
 	switch {
-	case len(values) > 1:
-		return "", malformed("%s sent %d times", name, len(values))
-	case len(values) == 0 && required:
+	case n > 1:
+		return "", malformed("%s sent %d times", name, n)
+	case n == 0 && required:
 		return "", malformed("missing %s", name)
-	case len(values) == 0:
-		return "", nil
 	}
-	return values[0], nil
+	return value, nil
 }
 
 // Unescape decodes nginx's escaping of Auth-User and Auth-Pass: nginx

@@ -147,6 +147,16 @@ func (p *peer) send(lines ...string) {
 	}
 }
 
+// sendMaybe writes lines the client may not wait for, such as the answer
+// to a goodbye: a failed write is no failure.
+func (p *peer) sendMaybe(lines ...string) {
+	for _, l := range lines {
+		if _, err := io.WriteString(p.conn, l+"\r\n"); err != nil {
+			return
+		}
+	}
+}
+
 // expect reads one line and checks that it is want.
 func (p *peer) expect(want string) bool {
 	got, err := p.r.ReadString('\n')

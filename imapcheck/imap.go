@@ -9,16 +9,11 @@ import (
 	"net"
 	"net/netip"
 	"strings"
-	"time"
 
 	"github.com/emersion/go-imap/v2"
 	"github.com/emersion/go-imap/v2/imapclient"
 	"github.com/emersion/go-sasl"
 )
-
-// logoutTimeout bounds the goodbye (IMAP LOGOUT, POP3 QUIT) once the verdict
-// is known, so that a server slow to say goodbye does not delay it.
-const logoutTimeout = time.Second
 
 // verifyIMAP logs in over IMAP on raw, which it does not close.
 func (v *Verifier) verifyIMAP(ctx context.Context, req Request, raw net.Conn, tr *transcript) *Error {
@@ -91,12 +86,9 @@ func (v *Verifier) verifyIMAP(ctx context.Context, req Request, raw net.Conn, tr
 		e = &Error{Outcome: Unsupported, Err: errors.New("server advertises LOGINDISABLED and no AUTH=PLAIN, so it refuses plaintext login on this connection: use STARTTLS or TLS")}
 	}
 	if e == nil || e.Outcome != Temporary {
-		// The verdict is in; do not let a slow goodbye delay it.
-		lctx, cancel := context.WithTimeout(ctx, logoutTimeout)
-		release := closeOnDone(lctx, raw)
-		c.Logout().Wait() // best effort (RFC 9051 section 6.1.3)
-		release()
-		cancel()
+		// Say goodbye (RFC 9051 section 6.1.3) without waiting for the
+		// answer: the verdict is in, and nginx is waiting for it.
+		c.Logout()
 	}
 	return e
 }

@@ -9,7 +9,6 @@ import (
 	"io"
 	"net"
 	"strings"
-	"time"
 )
 
 // maxCapaLines bounds a CAPA listing; real servers send about a dozen.
@@ -104,11 +103,9 @@ func (v *Verifier) verifyPOP3(ctx context.Context, req Request, raw net.Conn, tr
 	}
 
 	if e == nil || e.Outcome != Temporary {
-		// RFC 1939 section 6. Best effort, and quick.
-		if t := time.Now().Add(logoutTimeout); t.Before(dl) {
-			raw.SetDeadline(t)
-		}
-		c.cmd("QUIT")
+		// Say goodbye (RFC 1939 section 6) without waiting for the
+		// answer: the verdict is in, and nginx is waiting for it.
+		io.WriteString(c.conn, "QUIT\r\n")
 	}
 	return e
 }

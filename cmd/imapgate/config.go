@@ -48,6 +48,7 @@ type config struct {
 	SMTPRelay        string        `env:"SMTP_RELAY"`
 	SharedSecret     string        `env:"SHARED_SECRET"`
 	AllowFrom        networks      `env:"ALLOW_FROM"`
+	MaxChecks        int           `env:"MAX_CHECKS, default=32"`
 	CacheTTL         time.Duration `env:"CACHE_TTL, default=5m"`
 	CacheSize        int           `env:"CACHE_SIZE, default=100000"`
 	LimitPair        int           `env:"LIMIT_PAIR, default=10"`
@@ -107,6 +108,9 @@ type service struct {
 	usersFile *backend.UsersFile // nil without IMAPGATE_USERS_FILE
 	health    *backend.Health
 	registry  *prometheus.Registry
+	// logFlusher, when set, runs beside the server and flushes the log
+	// buffer until its context ends.
+	logFlusher func(context.Context)
 }
 
 // loadConfig reads the settings through lookuper and checks each one.
@@ -250,6 +254,9 @@ func newService(cfg config, logOut io.Writer) (*service, error) {
 	if cfg.CacheTTL < 0 {
 		return nil, settingError("CACHE_TTL", "must not be negative, got %s", cfg.CacheTTL)
 	}
+	if cfg.MaxChecks < 0 {
+		return nil, settingError("MAX_CHECKS", "must not be negative (0 = no bound), got %d", cfg.MaxChecks)
+	}
 	if cfg.CacheSize <= 0 {
 		return nil, settingError("CACHE_SIZE", "must be positive, got %d", cfg.CacheSize)
 	}
@@ -303,6 +310,7 @@ func newService(cfg config, logOut io.Writer) (*service, error) {
 		SMTPRelay:    relay,
 		SharedSecret: cfg.SharedSecret,
 		AllowFrom:    cfg.AllowFrom,
+		MaxChecks:    cfg.MaxChecks,
 		CacheTTL:     cfg.CacheTTL,
 		CacheSize:    cfg.CacheSize,
 		Limits:       &limits,

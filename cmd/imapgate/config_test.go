@@ -81,6 +81,7 @@ func TestConfigErrorsNameTheVariable(t *testing.T) {
 		{"smtp relay without smtp", base("IMAPGATE_BACKENDS", "m=imap://127.0.0.2:143", "IMAPGATE_DEFAULT_BACKEND", "m", "IMAPGATE_SMTP_RELAY", "m"), "IMAPGATE_SMTP_RELAY"},
 		{"cache ttl garbled", base("IMAPGATE_CACHE_TTL", "long"), "IMAPGATE_CACHE_TTL"},
 		{"cache ttl negative", base("IMAPGATE_CACHE_TTL", "-1s"), "IMAPGATE_CACHE_TTL"},
+		{"max checks negative", base("IMAPGATE_MAX_CHECKS", "-1"), "IMAPGATE_MAX_CHECKS"},
 		{"cache size zero", base("IMAPGATE_CACHE_SIZE", "0"), "IMAPGATE_CACHE_SIZE"},
 		{"limit negative", base("IMAPGATE_LIMIT_PAIR", "-1"), "IMAPGATE_LIMIT_PAIR"},
 		{"limit garbled", base("IMAPGATE_LIMIT_USER", "many"), "IMAPGATE_LIMIT_USER"},

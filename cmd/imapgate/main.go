@@ -23,6 +23,8 @@ import (
 	"time"
 
 	"github.com/sethvargo/go-envconfig"
+
+	"github.com/imapgate/imapgate/auth"
 )
 
 // Exit statuses.
@@ -50,12 +52,19 @@ func run() int {
 		fmt.Fprintf(os.Stderr, "imapgate: %v\n", err)
 		return exitConfig
 	}
-	svc, err := newService(cfg, os.Stderr)
+	logOut := newLogBuffer(os.Stderr)
+	defer logOut.Flush()
+	svc, err := newService(cfg, logOut)
 	if err != nil {
+		logOut.Flush()
 		fmt.Fprintf(os.Stderr, "imapgate: %v\n", err)
 		return exitConfig
 	}
-	ln, err := net.Listen("tcp", cfg.Listen)
+	svc.logFlusher = logOut.flushEvery
+	// TCP keepalive probes are no use on connections that carry one
+	// request, and setting them costs four system calls per connection.
+	lc := net.ListenConfig{KeepAlive: -1}
+	ln, err := lc.Listen(ctx, "tcp", cfg.Listen)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "imapgate: IMAPGATE_LISTEN: %v\n", err)
 		return exitConfig
@@ -86,19 +95,36 @@ func (s *service) serve(ctx context.Context, ln, opsLn net.Listener) error {
 	defer stopBackground()
 
 	background.Go(func() { s.health.Run(bg) })
+	if s.logFlusher != nil {
+		background.Go(func() { s.logFlusher(bg) })
+	}
 	if s.usersFile != nil {
 		background.Go(func() { s.usersFile.Watch(bg, usersFilePoll) })
 		background.Go(func() { s.reloadOnHangup(bg) })
 	}
 
-	router := authRouter{auth: s.handler, ops: s.opsHandler()}
-	servers := []*http.Server{s.newServer(router)}
+	// The auth listener is imapgate's own small HTTP server (see
+	// auth.Server); the operations endpoints are plain net/http.
+	type server interface {
+		Serve(net.Listener) error
+		Shutdown(context.Context) error
+	}
+	authSrv := &auth.Server{
+		Handler:        s.handler,
+		ReadTimeout:    5 * time.Second,
+		WriteTimeout:   5 * time.Second,
+		IdleTimeout:    30 * time.Second,
+		MaxHeaderBytes: maxHeaderBytes,
+		Logger:         s.logger,
+	}
+	servers := []server{authSrv}
 	listeners := []net.Listener{ln}
 	if opsLn != nil {
-		router.ops = nil
-		servers[0].Handler = router
 		servers = append(servers, s.newServer(s.opsHandler()))
 		listeners = append(listeners, opsLn)
+	} else {
+		authSrv.Fallback = s.opsHandler()
+		authSrv.FallbackPaths = []string{pathMetrics, pathHealthz, pathReadyz}
 	}
 	serveErr := make(chan error, len(servers))
 	for i, srv := range servers {
@@ -127,20 +153,21 @@ func (s *service) serve(ctx context.Context, ln, opsLn net.Listener) error {
 	return nil
 }
 
-// newServer returns an HTTP server with imapgate's limits. Each request
-// is one login, so a request never needs long: the write timeout covers
-// the slowest check plus the answer.
+// maxHeaderBytes bounds a request head. nginx's request is a few hundred
+// bytes; 16 KiB leaves room for auth_http_header lines and a client
+// certificate.
+const maxHeaderBytes = 16 << 10
+
+// newServer returns the net/http server of the operations endpoints.
 func (s *service) newServer(h http.Handler) *http.Server {
 	return &http.Server{
 		Handler:           h,
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       5 * time.Second,
-		WriteTimeout:      s.handler.Timeout + 5*time.Second,
+		WriteTimeout:      30 * time.Second,
 		IdleTimeout:       30 * time.Second,
-		// nginx's request is a few hundred bytes; 16 KiB leaves room for
-		// auth_http_header lines and a client certificate.
-		MaxHeaderBytes: 16 << 10,
-		ErrorLog:       slog.NewLogLogger(s.logger.Handler(), slog.LevelWarn),
+		MaxHeaderBytes:    maxHeaderBytes,
+		ErrorLog:          slog.NewLogLogger(s.logger.Handler(), slog.LevelWarn),
 	}
 }
 

@@ -157,3 +157,20 @@ func TestReadyzTurnsUnready(t *testing.T) {
 		t.Errorf("/readyz with the backend down: %d %q", rec.Code, rec.Body.String())
 	}
 }
+
+func TestLogBuffer(t *testing.T) {
+	var out strings.Builder
+	b := newLogBuffer(&out)
+	b.Write([]byte("one line\n"))
+	if out.Len() != 0 {
+		t.Errorf("written before a flush: %q", out.String())
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { b.flushEvery(ctx); close(done) }()
+	cancel()
+	<-done
+	if out.String() != "one line\n" {
+		t.Errorf("after stopping: %q", out.String())
+	}
+}

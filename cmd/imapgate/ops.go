@@ -35,21 +35,3 @@ func (s *service) opsHandler() http.Handler {
 	})
 	return mux
 }
-
-// authRouter sends the operations paths to ops (when they share the auth
-// listener) and everything else to the auth_http handler.
-type authRouter struct {
-	auth http.Handler
-	ops  http.Handler // nil when the operations endpoints listen apart
-}
-
-func (a authRouter) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if a.ops != nil {
-		switch r.URL.Path {
-		case pathMetrics, pathHealthz, pathReadyz:
-			a.ops.ServeHTTP(w, r)
-			return
-		}
-	}
-	a.auth.ServeHTTP(w, r)
-}

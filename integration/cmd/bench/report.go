@@ -1,0 +1,166 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+type latencyFigures struct {
+	igP50, igP99, rawP50, rawP99 []float64 // ms, one per round
+	igN, rawN                    int       // samples, all rounds
+}
+
+// report collects every round's figures.
+type report struct {
+	machine string
+	command string
+	took    time.Duration
+	notes   []string
+
+	cachedIG, cachedNginx      []float64
+	cachedHits, cachedRequests int
+
+	latency map[int]*latencyFigures
+
+	e2eWarm, e2eCold, e2e204 []float64
+
+	steadyFirstClients, steadyFirstBackend int
+	steadyClients, steadyBackend           int
+
+	memHWM, memHeldRSS, memIdle []float64 // MiB
+	memHeld, memInFlight        []int
+}
+
+func met(ok bool) string {
+	if ok {
+		return "met"
+	}
+	return "**not met**"
+}
+
+// thousands formats v with a thin separator every three digits.
+func thousands(v float64) string {
+	s := strconv.FormatFloat(v, 'f', 0, 64)
+	var b strings.Builder
+	for i, c := range s {
+		if i > 0 && (len(s)-i)%3 == 0 {
+			b.WriteByte(',')
+		}
+		b.WriteRune(c)
+	}
+	return b.String()
+}
+
+func list(v []float64, format string) string {
+	parts := make([]string, len(v))
+	for i, x := range v {
+		parts[i] = fmt.Sprintf(format, x)
+	}
+	return strings.Join(parts, ", ")
+}
+
+func ratio(a, b float64) float64 {
+	if b == 0 {
+		return 0
+	}
+	return a / b
+}
+
+func (r *report) print(w io.Writer, cfg config) {
+	fmt.Fprintf(w, "\n## imapgate benchmark (`make bench`)\n\n")
+	fmt.Fprintf(w, "Machine: %s.  \n", r.machine)
+	fmt.Fprintf(w, "Command: `%s`.  \n", r.command)
+	if len(cfg.extraEnv) > 0 {
+		var kv []string
+		for k, v := range cfg.extraEnv {
+			kv = append(kv, k+"="+v)
+		}
+		slices.Sort(kv)
+		fmt.Fprintf(w, "imapgate's environment also had: %s.  \n", strings.Join(kv, " "))
+	}
+	fmt.Fprintf(w, "Each comparison ran both sides in this run, interleaved, %d round(s); the figures are medians of the rounds. Whole run: %v.\n\n",
+		cfg.rounds, r.took.Round(time.Second))
+
+	fmt.Fprintln(w, "| figure | imapgate | baseline | ratio | target (issue 6) | |")
+	fmt.Fprintln(w, "|---|---:|---:|---:|---|---|")
+
+	ig, ng := median(r.cachedIG), median(r.cachedNginx)
+	cr := ratio(ig, ng)
+	if cfg.want("cached") {
+		fmt.Fprintf(w, "| cached answer, requests/s (new connection per request, HTTP/1.0 as nginx sends it, c=%d, wrk -t%d, %v runs) | %s | %s (nginx `return 204`) | %.3f× | ≥ 1.0× | %s |\n",
+			cfg.wrkConns, cfg.wrkThreads, cfg.wrkDuration, thousands(ig), thousands(ng), cr, met(cr >= 1.0))
+	}
+
+	for _, conc := range []int{1, 8} {
+		f := r.latency[conc]
+		if f == nil {
+			continue
+		}
+		for _, q := range []struct {
+			name    string
+			ig, raw []float64
+		}{{"p50", f.igP50, f.rawP50}, {"p99", f.igP99, f.rawP99}} {
+			a, b := median(q.ig), median(q.raw)
+			lr := ratio(a, b)
+			fmt.Fprintf(w, "| check latency %s, c=%d (imapgate cache off, direct HTTP) | %.2f ms | %.2f ms (raw IMAP LOGIN+LOGOUT, same Dovecot, same client) | %.3f× | ≤ 1.05× | %s |\n",
+				q.name, conc, a, b, lr, met(lr <= 1.05))
+		}
+	}
+
+	warm, cold, base := median(r.e2eWarm), median(r.e2eCold), median(r.e2e204)
+	wr, cr2 := ratio(warm, base), ratio(cold, base)
+	if cfg.want("e2e") {
+		fmt.Fprintf(w, "| end to end, IMAP logins/s through nginx (LOGIN+LOGOUT, c=%d), imapgate cache warm | %.1f | %.1f (nginx mail + `return 204` auth) | %.3f× | ≥ 0.95× | %s |\n",
+			cfg.e2eConc, warm, base, wr, met(wr >= 0.95))
+		fmt.Fprintf(w, "| end to end, imapgate cache off (every login checked) | %.1f | %.1f | %.3f× | — | |\n", cold, base, cr2)
+	}
+
+	steady := ratio(float64(r.steadyBackend), float64(r.steadyClients))
+	first := ratio(float64(r.steadyFirstBackend), float64(r.steadyFirstClients))
+	all := ratio(float64(r.steadyBackend+r.steadyFirstBackend), float64(r.steadyClients+r.steadyFirstClients))
+	if cfg.want("steady") {
+		fmt.Fprintf(w, "| backend logins per client login, steady workload (%d users each logging in %d more times within the TTL; Dovecot's log) | %.3f (%d / %d) | 1 (nginx's own login) | | ≤ 1.05 | %s |\n",
+			cfg.users, cfg.steadyPass, steady, r.steadyBackend, r.steadyClients, met(steady <= 1.05))
+		fmt.Fprintf(w, "| … each user's first login (check + proxied login) | %.3f (%d / %d) | | | — | |\n",
+			first, r.steadyFirstBackend, r.steadyFirstClients)
+		fmt.Fprintf(w, "| … all %d logins per user together | %.3f | | | — | |\n", cfg.steadyPass+1, all)
+	}
+
+	peak := median(r.memHWM)
+	if cfg.want("memory") {
+		fmt.Fprintf(w, "| peak RSS (VmHWM), %s concurrent requests each with a check in flight (fresh imapgate, slow backend) | %.1f MiB | | | ≤ 30 MiB | %s |\n",
+			thousands(float64(cfg.memConc)), peak, met(peak <= 30))
+	}
+
+	fmt.Fprintf(w, "\nRounds:\n\n")
+	if cfg.want("cached") {
+		fmt.Fprintf(w, "- cached answer, imapgate req/s: %s; nginx `return 204`: %s; imapgate's cache hits %d of %d requests wrk counted\n",
+			list(r.cachedIG, "%.0f"), list(r.cachedNginx, "%.0f"), r.cachedHits, r.cachedRequests)
+	}
+	for _, conc := range []int{1, 8} {
+		if f := r.latency[conc]; f != nil {
+			fmt.Fprintf(w, "- check latency c=%d, ms: imapgate p50 %s / p99 %s (%d checks); raw p50 %s / p99 %s (%d logins)\n",
+				conc, list(f.igP50, "%.2f"), list(f.igP99, "%.2f"), f.igN, list(f.rawP50, "%.2f"), list(f.rawP99, "%.2f"), f.rawN)
+		}
+	}
+	if cfg.want("e2e") {
+		fmt.Fprintf(w, "- end to end logins/s: warm %s; cold %s; nginx `return 204` %s\n",
+			list(r.e2eWarm, "%.1f"), list(r.e2eCold, "%.1f"), list(r.e2e204, "%.1f"))
+	}
+	held := make([]string, len(r.memHeld))
+	for i := range r.memHeld {
+		held[i] = fmt.Sprintf("%d/%d", r.memHeld[i], r.memInFlight[i])
+	}
+	if cfg.want("memory") {
+		fmt.Fprintf(w, "- memory, MiB: idle RSS %s; RSS with all held %s; VmHWM %s (max %.1f); held at backend / imapgate_checks_in_flight %s\n",
+			list(r.memIdle, "%.1f"), list(r.memHeldRSS, "%.1f"), list(r.memHWM, "%.1f"), slices.Max(append([]float64{0}, r.memHWM...)), strings.Join(held, ", "))
+	}
+	for _, n := range r.notes {
+		fmt.Fprintf(w, "- note: %s\n", n)
+	}
+	fmt.Fprintln(w)
+}
