@@ -4,7 +4,7 @@ GO      ?= go
 GOFLAGS ?=
 export PATH := $(PATH):/usr/local/go/bin
 
-.PHONY: all build deps test unit integration fuzz demo clean
+.PHONY: all build deps test unit integration fuzz demo bench clean
 
 all: build
 
@@ -42,6 +42,10 @@ fuzz:
 ## demo: two Dovecots, nginx and imapgate on loopback; log in through nginx
 demo: deps
 	$(GO) run ./integration/cmd/demo
+
+## bench: imapgate vs nginx `return 204` and raw Dovecot logins, side by side (~3 min)
+bench: deps
+	$(GO) run ./integration/cmd/bench $(BENCHFLAGS)
 
 clean:
 	rm -rf bin
