@@ -1,9 +1,10 @@
 #!/bin/sh
 # install-deps.sh installs, from Debian's packages, what the integration
 # tests and `make demo` need and the machine lacks: Dovecot (IMAP, POP3),
-# nginx with its mail module, and debootstrap (to build the Dovecot test image
-# when a Docker engine is present). Idempotent: it checks each command and
-# package first and touches apt only for what is missing. Run as root.
+# nginx with its mail module, debootstrap (to build the Dovecot test image
+# when a Docker engine is present) and, where there is Docker,
+# docker-compose. Idempotent: it checks each command and package first and
+# touches apt only for what is missing. Run as root.
 #
 # Package installs must not start services that would take ports 143, 110,
 # 25 or 80 on this machine: while installing, a policy-rc.d that forbids
@@ -28,7 +29,14 @@ need nginx-light "command -v nginx"
 need libnginx-mod-mail "test -e /usr/lib/nginx/modules/ngx_mail_module.so || nginx -V 2>&1 | grep -q -- '--with-mail '"
 need debootstrap "command -v debootstrap"
 need fail2ban "command -v fail2ban-regex"
+need wrk "command -v wrk"
 need ca-certificates "test -e /etc/ssl/certs/ca-certificates.crt"
+# Compose, for TestCompose and docker-compose.yml: only on a machine with a
+# Docker client, and only when neither `docker compose` (v2) nor
+# docker-compose (v1.29, Debian's package) is there.
+if command -v docker >/dev/null 2>&1; then
+	need docker-compose "docker compose version || command -v docker-compose"
+fi
 # nginx: take whichever flavour is present; only install one when none is.
 case $missing in
 *nginx-light*)

@@ -4,11 +4,13 @@
 # included), turned into an image with `docker import`. It describes the same
 # image as the Dockerfile beside it (debian:bookworm-slim + apt-get install).
 #
-# Usage: integration/dovecot/build-image.sh [--force] [--base]
-#   --force  rebuild even when the image already exists
-#   --base   also import a minimal debootstrap root as debian:bookworm-slim
-#            (when that tag is missing), so `docker build integration/dovecot`
-#            finds its FROM image on a machine that cannot pull.
+# Usage: integration/dovecot/build-image.sh [--force] [--base | --base-only]
+#   --force      rebuild even when the image already exists
+#   --base       also import a minimal debootstrap root as debian:bookworm-slim
+#                (when that tag is missing), so `docker build integration/dovecot`
+#                finds its FROM image on a machine that cannot pull.
+#   --base-only  only that (integration/container/go-image.sh and the compose
+#                smoke test build FROM debian:bookworm-slim too).
 #
 # Environment:
 #   IMAPGATE_IT_IMAGE   image tag            (default imapgate-test/dovecot:2.3)
@@ -25,10 +27,12 @@ CACHE=${IMAPGATE_IT_CACHE:-/var/cache/imapgate-it}
 SUITE=bookworm
 FORCE=0
 BASE=0
+BASE_ONLY=0
 for arg in "$@"; do
 	case $arg in
 	--force) FORCE=1 ;;
 	--base) BASE=1 ;;
+	--base-only) BASE=1; BASE_ONLY=1 ;;
 	*) echo "build-image.sh: unknown argument $arg" >&2; exit 2 ;;
 	esac
 done
@@ -89,6 +93,9 @@ if [ "$BASE" = 1 ] && { [ "$FORCE" = 1 ] || ! docker image inspect "$BASE_IMAGE"
 	rootfs_tar bookworm-minbase ""
 	log "docker import $CACHE/bookworm-minbase.tar as $BASE_IMAGE"
 	docker import -c 'CMD ["bash"]' "$CACHE/bookworm-minbase.tar" "$BASE_IMAGE" >/dev/null
+fi
+if [ "$BASE_ONLY" = 1 ]; then
+	exit 0
 fi
 
 if [ "$FORCE" = 0 ] && docker image inspect "$IMAGE" >/dev/null 2>&1; then

@@ -98,6 +98,9 @@ type Env struct {
 	Relay *Relay
 	// Binary is the imapgate binary under test.
 	Binary string
+	// ImapgateMode says how gateways run imapgate: ImapgateProcess
+	// (Binary) or ImapgateContainer (ImapgateImage, IMAPGATE_IT_IMAPGATE).
+	ImapgateMode string
 
 	image    string
 	pidDir   string
@@ -108,6 +111,7 @@ type Env struct {
 	extra    []*Backend
 	keep     bool
 	external bool
+	imgBuild imageBuild
 }
 
 // Start prepares a run: takes the run lock, stops what a crashed run left,
@@ -139,7 +143,14 @@ func Start(ctx context.Context, opts Options) (env *Env, err error) {
 	if err := checkDeps(ctx, mode); err != nil {
 		return nil, err
 	}
-	e := &Env{Mode: mode, Backends: map[string]*Backend{}, logf: logf, keep: os.Getenv(EnvKeep) != "",
+	igMode, err := imapgateMode()
+	if err != nil {
+		return nil, err
+	}
+	if err := checkImapgateDeps(ctx, igMode); err != nil {
+		return nil, err
+	}
+	e := &Env{Mode: mode, ImapgateMode: igMode, Backends: map[string]*Backend{}, logf: logf, keep: os.Getenv(EnvKeep) != "",
 		image: os.Getenv(EnvImage), pidDir: filepath.Join(Root, "pids")}
 	if e.image == "" {
 		e.image = DefaultImage
@@ -175,7 +186,13 @@ func Start(ctx context.Context, opts Options) (env *Env, err error) {
 		}
 	}
 	binDone := make(chan error, 1)
-	go func() { binDone <- e.buildImapgate(ctx) }()
+	go func() {
+		err := e.buildImapgate(ctx)
+		if err == nil && igMode == ImapgateContainer {
+			_, err = e.ImapgateImage(ctx)
+		}
+		binDone <- err
+	}()
 
 	if mode == ModeExternal {
 		if err := e.useExternal(); err != nil {

@@ -31,6 +31,9 @@ type GatewayConfig struct {
 	// Secret, when set, is sent by nginx as X-Imapgate-Secret (and set as
 	// IMAPGATE_SHARED_SECRET).
 	Secret string
+	// Imapgate overrides the run's IMAPGATE_IT_IMAPGATE for this gateway:
+	// ImapgateProcess or ImapgateContainer ("" = the run's).
+	Imapgate string
 }
 
 // Gateway is imapgate and the nginx mail proxy that asks it: the system under
@@ -46,7 +49,8 @@ type Gateway struct {
 	// AuthAddr is imapgate's HTTP address (nginx's auth_http).
 	AuthAddr string
 	// Imapgate and Nginx are the running processes; Imapgate's output is
-	// its slog log.
+	// its slog log. In container mode Imapgate is the attached `docker run`
+	// client: its output is the container's, and it forwards signals.
 	Imapgate, Nginx *Process
 
 	env     *Env
@@ -55,6 +59,8 @@ type Gateway struct {
 	mu      sync.Mutex
 	secrets []string
 	closed  bool
+	// container is imapgate's container in ImapgateContainer mode.
+	container string
 }
 
 // StartGateway starts imapgate with cfg.Env and an nginx mail proxy whose
@@ -112,10 +118,20 @@ func (g *Gateway) startImapgate(ctx context.Context) error {
 	for _, k := range keys {
 		env = append(env, k+"="+settings[k])
 	}
-	cmd := exec.Command(g.env.Binary)
-	cmd.Env = env
-	cmd.Dir = g.dir
-	p, err := startProcess("imapgate-"+g.Name, filepath.Join(g.dir, "imapgate.log"), g.env.pidDir, cmd)
+	var p *Process
+	var err error
+	mode := g.env.ImapgateMode
+	if g.cfg.Imapgate != "" {
+		mode = g.cfg.Imapgate
+	}
+	if mode == ImapgateContainer {
+		p, err = g.startImapgateContainer(ctx, settings)
+	} else {
+		cmd := exec.Command(g.env.Binary)
+		cmd.Env = env
+		cmd.Dir = g.dir
+		p, err = startProcess("imapgate-"+g.Name, filepath.Join(g.dir, "imapgate.log"), g.env.pidDir, cmd)
+	}
 	if err != nil {
 		return err
 	}
@@ -279,7 +295,11 @@ func (g *Gateway) Close() error {
 		}
 	}
 	if g.Imapgate != nil {
-		if err := g.Imapgate.Stop(15 * time.Second); err != nil {
+		stop := g.Imapgate.Stop
+		if g.container != "" {
+			stop = g.stopImapgateContainer
+		}
+		if err := stop(15 * time.Second); err != nil {
 			errs = append(errs, fmt.Errorf("imapgate did not exit cleanly on SIGTERM: %w", err))
 		}
 		errs = append(errs, g.checkNoSecrets())
