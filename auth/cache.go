@@ -16,30 +16,42 @@ import (
 // memory dump or a log of digests cannot be checked against guesses
 // offline.
 type fingerprinter struct {
-	pool sync.Pool // of hash.Hash, each an HMAC-SHA256 with the key
+	pool sync.Pool // of *hasher
+}
+
+// hasher is an HMAC-SHA256 with the key, and scratch space, so that a
+// digest allocates nothing.
+type hasher struct {
+	mac hash.Hash
+	in  []byte
+	out []byte
 }
 
 func newFingerprinter() *fingerprinter {
 	key := make([]byte, 32)
 	rand.Read(key) // never fails (crypto/rand panics instead)
 	f := &fingerprinter{}
-	f.pool.New = func() any { return hmac.New(sha256.New, key) }
+	f.pool.New = func() any {
+		return &hasher{mac: hmac.New(sha256.New, key), out: make([]byte, 0, sha256.Size)}
+	}
 	return f
 }
 
 // digest returns HMAC(key, fields), each field prefixed by its length so
 // that ("ab","c") and ("a","bc") differ.
 func (f *fingerprinter) digest(fields ...string) [sha256.Size]byte {
-	h := f.pool.Get().(hash.Hash)
-	h.Reset()
-	var n [4]byte
+	h := f.pool.Get().(*hasher)
+	h.in = h.in[:0]
 	for _, s := range fields {
-		binary.BigEndian.PutUint32(n[:], uint32(len(s)))
-		h.Write(n[:])
-		h.Write([]byte(s))
+		h.in = binary.BigEndian.AppendUint32(h.in, uint32(len(s)))
+		h.in = append(h.in, s...)
 	}
+	h.mac.Reset()
+	h.mac.Write(h.in)
 	var sum [sha256.Size]byte
-	h.Sum(sum[:0])
+	copy(sum[:], h.mac.Sum(h.out[:0]))
+	// The scratch held a password: do not keep it around.
+	clear(h.in)
 	f.pool.Put(h)
 	return sum
 }

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/netip"
 	"strings"
@@ -141,7 +142,7 @@ type decision struct {
 // Auth-Status (or 403 for a request without the shared secret), since
 // anything else makes nginx show the client "internal server error".
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	code, resp, a := h.answer(r.Context(), httpFields(r.Header), r.RemoteAddr)
+	code, resp, a := h.answer(r.Context(), httpFields(r.Header), stringAddr(r.RemoteAddr))
 	if code == http.StatusForbidden {
 		w.WriteHeader(code)
 	} else {
@@ -160,21 +161,21 @@ type attempt struct {
 // answer answers one request, whatever server read it: the HTTP status
 // code and, unless it is 403, nginx's answer. The caller sends the answer
 // and then calls record, so that nginx does not wait for the log line.
-func (h *Handler) answer(ctx context.Context, f fields, remote string) (int, Response, *attempt) {
+func (h *Handler) answer(ctx context.Context, f fields, remote net.Addr) (int, Response, *attempt) {
 	start := time.Now()
 	h.once.Do(h.init)
 	if !h.peerAllowed(remote) {
-		h.logger().Warn("login", "outcome", outcomeForbidden, "reason", "peer not in IMAPGATE_ALLOW_FROM", "remote", remote)
+		h.logger().Warn("login", "outcome", outcomeForbidden, "reason", "peer not in IMAPGATE_ALLOW_FROM", "remote", remote.String())
 		return http.StatusForbidden, Response{}, nil
 	}
 	if !h.secretOK(f) {
-		h.logger().Warn("login", "outcome", outcomeForbidden, "reason", "missing or wrong "+secretHeader, "remote", remote)
+		h.logger().Warn("login", "outcome", outcomeForbidden, "reason", "missing or wrong "+secretHeader, "remote", remote.String())
 		return http.StatusForbidden, Response{}, nil
 	}
 	req, err := parseRequest(f)
 	if err != nil {
 		h.Metrics.request("", outcomeMalformed)
-		h.logger().Warn("login", "outcome", outcomeMalformed, "reason", err.Error(), "remote", remote)
+		h.logger().Warn("login", "outcome", outcomeMalformed, "reason", err.Error(), "remote", remote.String())
 		return http.StatusBadRequest, Response{Status: StatusMalformed}, nil
 	}
 	if h.Timeout > 0 {
@@ -196,16 +197,25 @@ func (h *Handler) record(a *attempt) {
 	h.log(a.req, a.d, time.Since(a.start))
 }
 
+// stringAddr is the peer's address as net/http gives it.
+type stringAddr string
+
+func (a stringAddr) Network() string { return "tcp" }
+func (a stringAddr) String() string  { return string(a) }
+
 // peerAllowed reports whether the request's peer is in AllowFrom.
-func (h *Handler) peerAllowed(remote string) bool {
+func (h *Handler) peerAllowed(remote net.Addr) bool {
 	if len(h.AllowFrom) == 0 {
 		return true
 	}
-	ap, err := netip.ParseAddrPort(remote)
-	if err != nil {
+	var ip netip.Addr
+	if ta, ok := remote.(*net.TCPAddr); ok {
+		ip = ta.AddrPort().Addr().Unmap()
+	} else if ap, err := netip.ParseAddrPort(remote.String()); err == nil {
+		ip = ap.Addr().Unmap()
+	} else {
 		return false
 	}
-	ip := ap.Addr().Unmap()
 	for _, p := range h.AllowFrom {
 		if p.Contains(ip) {
 			return true

@@ -79,15 +79,24 @@ type limiter struct {
 
 	mu      sync.Mutex
 	records map[recordKey]*record
-	// pending counts the checks in flight per count and fingerprint. A
-	// guesser who sends many passwords at once must not get them all past
-	// a limit that only counts failures already answered.
-	pending map[recordKey]map[uint64]int
+	// pending counts the checks in flight per count and fingerprint,
+	// and pendingDistinct the distinct fingerprints per count. A guesser
+	// who sends many passwords at once must not get them all past a limit
+	// that only counts failures already answered. (Two flat maps, so that
+	// a request allocates nothing here once they have grown.)
+	pending         map[pendingKey]int
+	pendingDistinct map[recordKey]int
+}
+
+// pendingKey is one password being checked, on one count.
+type pendingKey struct {
+	recordKey
+	fingerprint uint64
 }
 
 func newLimiter(l Limits) *limiter {
 	return &limiter{limits: l, now: time.Now, records: make(map[recordKey]*record),
-		pending: make(map[recordKey]map[uint64]int)}
+		pending: make(map[pendingKey]int), pendingDistinct: make(map[recordKey]int)}
 }
 
 // network is the client's network as the limits see it: a /24 for IPv4
@@ -141,12 +150,11 @@ func (l *limiter) begin(user string, ip netip.Addr, fingerprint uint64) (blocked
 		}
 	}
 	for _, k := range keys {
-		p := l.pending[k]
-		if p == nil {
-			p = make(map[uint64]int)
-			l.pending[k] = p
+		pk := pendingKey{k, fingerprint}
+		if l.pending[pk] == 0 {
+			l.pendingDistinct[k]++
 		}
-		p[fingerprint]++
+		l.pending[pk]++
 	}
 	return false, "", ""
 }
@@ -160,12 +168,13 @@ func (l *limiter) end(user string, ip netip.Addr, fingerprint uint64) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for _, k := range keys {
-		p := l.pending[k]
-		if p[fingerprint]--; p[fingerprint] <= 0 {
-			delete(p, fingerprint)
+		pk := pendingKey{k, fingerprint}
+		if l.pending[pk]--; l.pending[pk] > 0 {
+			continue
 		}
-		if len(p) == 0 {
-			delete(l.pending, k)
+		delete(l.pending, pk)
+		if l.pendingDistinct[k]--; l.pendingDistinct[k] <= 0 {
+			delete(l.pendingDistinct, k)
 		}
 	}
 }
@@ -193,11 +202,10 @@ func (l *limiter) over(k recordKey, fingerprint uint64, limit int, now time.Time
 	} else if ok {
 		delete(l.records, k)
 	}
-	p := l.pending[k]
-	if _, ok := p[fingerprint]; ok {
+	if l.pending[pendingKey{k, fingerprint}] > 0 {
 		return false
 	}
-	return n+len(p) >= limit
+	return n+l.pendingDistinct[k] >= limit
 }
 
 // failure counts a wrong password, given by its fingerprint, and returns

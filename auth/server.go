@@ -84,9 +84,14 @@ func (f *headFields) field(name string) (string, int) {
 	return "", 0
 }
 
-// readers are reused across connections: a new connection per request is
-// the normal case.
-var readers = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4096) }}
+// connBuffers are a connection's reader and answer buffer, reused across
+// connections: a new connection per request is the normal case.
+type connBuffers struct {
+	r   *bufio.Reader
+	out bytes.Buffer
+}
+
+var connBufferPool = sync.Pool{New: func() any { return &connBuffers{r: bufio.NewReaderSize(nil, 4096)} }}
 
 func (s *Server) readTimeout() time.Duration  { return orDefault(s.ReadTimeout, 5*time.Second) }
 func (s *Server) writeTimeout() time.Duration { return orDefault(s.WriteTimeout, 5*time.Second) }
@@ -209,11 +214,12 @@ type requestHead struct {
 func (s *Server) serveConn(c net.Conn) {
 	defer s.active.Done()
 	defer c.Close()
-	r := readers.Get().(*bufio.Reader)
+	bufs := connBufferPool.Get().(*connBuffers)
+	r := bufs.r
 	r.Reset(c)
-	defer func() { r.Reset(nil); readers.Put(r) }()
-	remote := c.RemoteAddr().String()
-	var out bytes.Buffer
+	defer func() { r.Reset(nil); connBufferPool.Put(bufs) }()
+	out := &bufs.out
+	remote := c.RemoteAddr()
 	for first := true; ; first = false {
 		if !first {
 			// Between requests the conn is idle: Shutdown may close it.
@@ -243,11 +249,11 @@ func (s *Server) serveConn(c net.Conn) {
 			}
 			// Answered like any malformed request: nginx shows its text.
 			out.Reset()
-			writeResponse(&out, code, Response{Status: StatusMalformed}, false)
+			writeResponse(out, code, Response{Status: StatusMalformed}, false)
 			c.SetWriteDeadline(time.Now().Add(s.writeTimeout()))
 			c.Write(out.Bytes())
 			s.Handler.Metrics.request("", outcomeMalformed)
-			s.logger().Warn("login", "outcome", outcomeMalformed, "reason", err.Error(), "remote", remote)
+			s.logger().Warn("login", "outcome", outcomeMalformed, "reason", err.Error(), "remote", remote.String())
 			lingerClose(c)
 			return
 		}
@@ -260,13 +266,13 @@ func (s *Server) serveConn(c net.Conn) {
 		out.Reset()
 		var a *attempt
 		if head.header != nil {
-			s.serveFallback(&out, head, remote)
+			s.serveFallback(out, head, remote)
 			keep = false
 		} else {
 			var code int
 			var resp Response
 			code, resp, a = s.Handler.answer(context.Background(), &head.fields, remote)
-			writeResponse(&out, code, resp, keep)
+			writeResponse(out, code, resp, keep)
 		}
 		c.SetWriteDeadline(time.Now().Add(s.writeTimeout()))
 		_, err = c.Write(out.Bytes())
@@ -416,14 +422,14 @@ func header(out *bytes.Buffer, name, value string) {
 
 // serveFallback serves a Fallback path through net/http's types and
 // writes the response, closing the connection after it.
-func (s *Server) serveFallback(out *bytes.Buffer, head *requestHead, remote string) {
+func (s *Server) serveFallback(out *bytes.Buffer, head *requestHead, remote net.Addr) {
 	req, err := http.NewRequest(head.method, head.target, nil)
 	if err != nil {
 		writeResponse(out, http.StatusBadRequest, Response{Status: StatusMalformed}, false)
 		return
 	}
 	req.Header = head.header
-	req.RemoteAddr = remote
+	req.RemoteAddr = remote.String()
 	req.Host = head.header.Get("Host")
 	w := &bufferedResponse{header: http.Header{}}
 	s.Fallback.ServeHTTP(w, req)

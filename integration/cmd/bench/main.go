@@ -31,6 +31,7 @@ import (
 	"os/signal"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -588,8 +589,18 @@ func (b *bench) memory(ctx context.Context, r *report) error {
 				}
 			})
 		}
+		// Every request is inside imapgate once it holds a connection for
+		// each, and as many checks as its per-backend slots allow
+		// (IMAPGATE_MAX_CHECKS) wait at the backend; the rest wait for a
+		// slot in imapgate.
+		wantHeld := int64(len(reqs))
+		if n, err := strconv.Atoi(settings["IMAPGATE_MAX_CHECKS"]); err == nil && n > 0 {
+			wantHeld = min(wantHeld, int64(n))
+		} else if settings["IMAPGATE_MAX_CHECKS"] == "" {
+			wantHeld = min(wantHeld, defaultMaxChecks)
+		}
 		deadline := time.Now().Add(30 * time.Second)
-		for slow.held.Load() < int64(len(reqs)) && time.Now().Before(deadline) {
+		for (slow.held.Load() < wantHeld || openFDs(p.Pid()) < len(reqs)) && time.Now().Before(deadline) {
 			time.Sleep(20 * time.Millisecond)
 		}
 		held := int(slow.held.Load())
@@ -622,6 +633,18 @@ func (b *bench) memory(ctx context.Context, r *report) error {
 			round, b.cfg.memRounds, held, int(inFlight), float64(idleRSS)/1024, float64(rssHeld)/1024, float64(hwm)/1024, took.Round(time.Millisecond))
 	}
 	return nil
+}
+
+// defaultMaxChecks is IMAPGATE_MAX_CHECKS's default.
+const defaultMaxChecks = 32
+
+// openFDs counts the open files of process pid (its connections, mostly).
+func openFDs(pid int) int {
+	entries, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	if err != nil {
+		return 0
+	}
+	return len(entries)
 }
 
 func machine(env *harness.Env) string {
