@@ -51,6 +51,51 @@ type Server struct {
 	idle       map[net.Conn]struct{} // kept-alive conns between requests
 	active     sync.WaitGroup
 	inShutdown atomic.Bool
+
+	// Idle workers wait on work for their next connection: a goroutine
+	// that has served one connection has the stack it needs, where a new
+	// one would grow its stack again for each connection.
+	work     chan net.Conn
+	done     chan struct{}
+	initOnce sync.Once
+}
+
+// workerIdle is how long a worker waits for another connection before
+// it ends.
+const workerIdle = 10 * time.Second
+
+func (s *Server) init() {
+	s.initOnce.Do(func() {
+		s.work = make(chan net.Conn)
+		s.done = make(chan struct{})
+	})
+}
+
+// dispatch hands c to an idle worker, or starts one.
+func (s *Server) dispatch(c net.Conn) {
+	select {
+	case s.work <- c:
+	default:
+		go s.worker(c)
+	}
+}
+
+// worker serves c, then whatever connections dispatch hands it, until it
+// has waited workerIdle for one or the server shuts down.
+func (s *Server) worker(c net.Conn) {
+	idle := time.NewTimer(workerIdle)
+	defer idle.Stop()
+	for {
+		s.serveConn(c)
+		idle.Reset(workerIdle)
+		select {
+		case c = <-s.work:
+		case <-idle.C:
+			return
+		case <-s.done:
+			return
+		}
+	}
 }
 
 // ErrServerClosed is returned by Serve after Shutdown.
@@ -122,6 +167,7 @@ func (s *Server) logger() *slog.Logger {
 // own until Shutdown. It always returns an error, ErrServerClosed after
 // Shutdown.
 func (s *Server) Serve(ln net.Listener) error {
+	s.init()
 	s.mu.Lock()
 	if s.inShutdown.Load() {
 		s.mu.Unlock()
@@ -153,7 +199,7 @@ func (s *Server) Serve(ln net.Listener) error {
 		}
 		backoff = 0
 		s.active.Add(1)
-		go s.serveConn(conn)
+		s.dispatch(conn)
 	}
 }
 
@@ -161,8 +207,11 @@ func (s *Server) Serve(ln net.Listener) error {
 // request, and waits until every request being answered is done or ctx
 // ends.
 func (s *Server) Shutdown(ctx context.Context) error {
-	s.inShutdown.Store(true)
+	s.init()
 	s.mu.Lock()
+	if !s.inShutdown.Swap(true) {
+		close(s.done) // idle workers end
+	}
 	for ln := range s.listeners {
 		ln.Close()
 	}
