@@ -129,14 +129,24 @@ func (f *headFields) field(name string) (string, int) {
 	return "", 0
 }
 
-// connBuffers are a connection's reader and answer buffer, reused across
-// connections: a new connection per request is the normal case.
-type connBuffers struct {
-	r   *bufio.Reader
-	out bytes.Buffer
-}
+// Readers and answer buffers are reused across connections: a new
+// connection per request is the normal case. A connection holds neither
+// while its login is being checked (see serveConn).
+var (
+	readerPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4096) }}
+	outPool    = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+)
 
-var connBufferPool = sync.Pool{New: func() any { return &connBuffers{r: bufio.NewReaderSize(nil, 4096)} }}
+// send writes build's bytes to c with one write, through a pooled buffer.
+func (s *Server) send(c net.Conn, build func(*bytes.Buffer)) error {
+	out := outPool.Get().(*bytes.Buffer)
+	defer outPool.Put(out)
+	out.Reset()
+	build(out)
+	c.SetWriteDeadline(time.Now().Add(s.writeTimeout()))
+	_, err := c.Write(out.Bytes())
+	return err
+}
 
 func (s *Server) readTimeout() time.Duration  { return orDefault(s.ReadTimeout, 5*time.Second) }
 func (s *Server) writeTimeout() time.Duration { return orDefault(s.WriteTimeout, 5*time.Second) }
@@ -263,11 +273,17 @@ type requestHead struct {
 func (s *Server) serveConn(c net.Conn) {
 	defer s.active.Done()
 	defer c.Close()
-	bufs := connBufferPool.Get().(*connBuffers)
-	r := bufs.r
+	r := readerPool.Get().(*bufio.Reader)
 	r.Reset(c)
-	defer func() { r.Reset(nil); connBufferPool.Put(bufs) }()
-	out := &bufs.out
+	// release gives the reader back; a nil r is already given back.
+	release := func() {
+		if r != nil {
+			r.Reset(nil)
+			readerPool.Put(r)
+			r = nil
+		}
+	}
+	defer release()
 	remote := c.RemoteAddr()
 	for first := true; ; first = false {
 		if !first {
@@ -297,12 +313,10 @@ func (s *Server) serveConn(c net.Conn) {
 				return // nobody to answer
 			}
 			// Answered like any malformed request: nginx shows its text.
-			out.Reset()
-			writeResponse(out, code, Response{Status: StatusMalformed}, false)
-			c.SetWriteDeadline(time.Now().Add(s.writeTimeout()))
-			c.Write(out.Bytes())
+			s.send(c, func(out *bytes.Buffer) { writeResponse(out, code, Response{Status: StatusMalformed}, false) })
 			s.Handler.Metrics.request("", outcomeMalformed)
 			s.logger().Warn("login", "outcome", outcomeMalformed, "reason", err.Error(), "remote", remote.String())
+			release()
 			lingerClose(c)
 			return
 		}
@@ -312,19 +326,18 @@ func (s *Server) serveConn(c net.Conn) {
 			// the risk of misreading where the next request starts.
 			keep = false
 		}
-		out.Reset()
-		var a *attempt
 		if head.header != nil {
-			s.serveFallback(out, head, remote)
-			keep = false
-		} else {
-			var code int
-			var resp Response
-			code, resp, a = s.Handler.answer(context.Background(), &head.fields, remote)
-			writeResponse(out, code, resp, keep)
+			release()
+			s.send(c, func(out *bytes.Buffer) { s.serveFallback(out, head, remote) })
+			return
 		}
-		c.SetWriteDeadline(time.Now().Add(s.writeTimeout()))
-		_, err = c.Write(out.Bytes())
+		if !keep {
+			// nginx's case: nothing more will be read, so the reader can
+			// serve other connections while this login is checked.
+			release()
+		}
+		code, resp, a := s.Handler.answer(context.Background(), &head.fields, remote)
+		err = s.send(c, func(out *bytes.Buffer) { writeResponse(out, code, resp, keep) })
 		// Logged once nginx has its answer: nginx need not wait for it.
 		s.Handler.record(a)
 		if err != nil || !keep {
