@@ -391,3 +391,18 @@ func TestResponseFitsNginxBuffer(t *testing.T) {
 		}
 	}
 }
+
+func TestHandlerAllowFrom(t *testing.T) {
+	v := &fakeVerifier{outcome: imapcheck.OK}
+	var log bytes.Buffer
+	h := newTestHandler(t, v, &log)
+	h.AllowFrom = []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}
+	// httptest's requests come from 192.0.2.1.
+	if w := serve(h, nginxHeader()); w.Code != http.StatusForbidden || len(v.calls) != 0 {
+		t.Errorf("peer outside IMAPGATE_ALLOW_FROM: %d, %d checks", w.Code, len(v.calls))
+	}
+	h.AllowFrom = append(h.AllowFrom, netip.MustParsePrefix("192.0.2.0/24"))
+	if w := serve(h, nginxHeader()); w.Code != http.StatusOK || w.Header().Get("Auth-Status") != "OK" {
+		t.Errorf("peer inside IMAPGATE_ALLOW_FROM: %d %v", w.Code, w.Header())
+	}
+}

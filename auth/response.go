@@ -11,22 +11,39 @@ import (
 // "<Auth-Error-Code> <text>"), so they are fixed and reveal nothing about
 // why a login failed: the reason goes to imapgate's log only.
 const (
-	StatusOK             = "OK"
-	StatusInvalid        = "Invalid login or password"
-	StatusTemporary      = "Temporary server problem, try again later"
-	StatusMethod         = "Authentication method not supported, use a cleartext login (LOGIN or PLAIN)"
-	StatusAuthRequired   = "Authentication required"
-	StatusMalformed      = "Invalid login or password"
+	StatusOK           = "OK"
+	StatusInvalid      = "Invalid login or password"
+	StatusTemporary    = "Temporary server problem, try again later"
+	StatusMethod       = "Authentication method not supported, use a cleartext login (LOGIN or PLAIN)"
+	StatusAuthRequired = "Authentication required"
+	// StatusMalformed answers a request nginx would never send; it reads
+	// like a failed login so that it tells a prober nothing.
+	StatusMalformed = StatusInvalid
+)
+
+// The SMTP reply codes sent in Auth-Error-Code (RFC 5321, RFC 3463, RFC
+// 4954 section 6).
+const (
 	smtpCodeInvalid      = "535 5.7.8"
 	smtpCodeTemporary    = "451 4.3.0"
 	smtpCodeMethod       = "504 5.5.4"
 	smtpCodeAuthRequired = "530 5.7.0"
-	secretHeader         = "X-Imapgate-Secret"
-	headerAuthStatus     = "Auth-Status"
-	headerAuthServer     = "Auth-Server"
-	headerAuthPort       = "Auth-Port"
-	headerAuthWait       = "Auth-Wait"
-	headerAuthErrorCode  = "Auth-Error-Code"
+)
+
+// Header names of the protocol.
+const (
+	secretHeader        = "X-Imapgate-Secret"
+	headerAuthStatus    = "Auth-Status"
+	headerAuthServer    = "Auth-Server"
+	headerAuthPort      = "Auth-Port"
+	headerAuthWait      = "Auth-Wait"
+	headerAuthErrorCode = "Auth-Error-Code"
+)
+
+// Auth-Wait policy.
+const (
+	// maxAttemptsWithWait is the session attempt from which no Auth-Wait
+	// is sent, so that nginx closes the session.
 	maxAttemptsWithWait  = 10
 	temporaryWaitSeconds = 3
 	rejectedWaitPerTry   = 2
