@@ -19,8 +19,12 @@ import (
 	"github.com/imapgate/imapgate/integration/harness"
 )
 
-// IPMailhost11 is the backend TestMetricsAndReadiness stops and starts.
-const ipMailhost11 = "127.0.0.11"
+// Backends of single scenarios: TestMetricsAndReadiness stops and starts
+// mailhost11; TestWrongPasswordNeverProxied counts mailhost12's log.
+const (
+	ipMailhost11 = "127.0.0.11"
+	ipMailhost12 = "127.0.0.14"
+)
 
 // waitBackendLine waits for imapgate's "backend up" or "backend down" line
 // about backend and proto, logged after line from.
@@ -158,14 +162,14 @@ func TestFail2banFilter(t *testing.T) {
 			gw := startGateway(t, settings)
 			guesser := &net.Dialer{Timeout: 10 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.5.1")}}
 			someone := &net.Dialer{Timeout: 10 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.6.1")}}
-			wrong := gw.AddSecret("carol-wrong-password")
-			if err := imapLogin(ctx, guesser, gw.IMAPAddr, "carol", wrong); err == nil {
+			wrong := gw.AddSecret("alice-wrong-password")
+			if err := imapLogin(ctx, guesser, gw.IMAPAddr, "alice", wrong); err == nil {
 				t.Fatal("wrong password accepted")
 			}
 			if err := pop3Login(ctx, guesser, gw.POP3Addr, "nobody-here", wrong, false); err == nil {
 				t.Fatal("unknown user accepted")
 			}
-			if err := imapLogin(ctx, someone, gw.IMAPAddr, "carol", e.Password("mailhost01", "carol")); err != nil {
+			if err := imapLogin(ctx, someone, gw.IMAPAddr, "alice", e.Password("mailhost01", "alice")); err != nil {
 				t.Fatalf("right password: %v", err)
 			}
 			if err := imapLogin(ctx, someone, gw.IMAPAddr, "zoe", "whatever-zoe"); err == nil {

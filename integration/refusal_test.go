@@ -17,16 +17,18 @@ import (
 func TestWrongPasswordNeverProxied(t *testing.T) {
 	t.Parallel()
 	e := requireEnv(t)
-	a := e.Backends["mailhost01"]
-	if a.LogPath == "" {
-		t.Skip("external mode: Dovecot's log is not readable")
-	}
-	gw := startGateway(t, seedSettings())
-	for _, tc := range []struct{ proto, user string }{{"imap", "carol"}, {"pop3", "frank"}} {
+	// A Dovecot of its own, so that its log holds this scenario's logins
+	// only (other scenarios log in as the same users in parallel).
+	a := startIsolatedBackend(t, "mailhost12", ipMailhost12, false)
+	gw := startGateway(t, map[string]string{
+		"IMAPGATE_BACKENDS":        "mailhost12=imap://" + ipMailhost12 + ":143,pop3://" + ipMailhost12 + ":110",
+		"IMAPGATE_DEFAULT_BACKEND": "mailhost12",
+	})
+	for _, tc := range []struct{ proto, user string }{{"imap", "dave"}, {"pop3", "erin"}} {
 		t.Run(tc.proto, func(t *testing.T) {
 			t.Parallel()
 			ctx := ctxFor(t, 90*time.Second)
-			wrong := gw.AddSecret(e.Password("mailhost01", tc.user) + "-wrong")
+			wrong := gw.AddSecret(e.Password("mailhost02", tc.user) + "-wrong")
 			offset := a.LogOffset()
 			from := gw.Imapgate.Len()
 			var err error
@@ -41,8 +43,8 @@ func TestWrongPasswordNeverProxied(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if rec.Get("outcome") != "rejected" || rec.Get("backend") != "mailhost01" {
-				t.Errorf("imapgate logged outcome=%q backend=%q, want rejected on mailhost01", rec.Get("outcome"), rec.Get("backend"))
+			if rec.Get("outcome") != "rejected" || rec.Get("backend") != "mailhost12" {
+				t.Errorf("imapgate logged outcome=%q backend=%q, want rejected on mailhost12", rec.Get("outcome"), rec.Get("backend"))
 			}
 			// Dovecot logs after it answers; wait for the failure, then for
 			// a login of our own as a barrier, so every line the refused
@@ -53,9 +55,9 @@ func TestWrongPasswordNeverProxied(t *testing.T) {
 			}); err != nil {
 				t.Fatal(err)
 			}
-			barrier := "gina"
-			if err := imapLogin(ctx, e.ClientDialer(), a.IMAPAddr(), barrier, e.Password("mailhost01", barrier)); err != nil {
-				t.Fatalf("barrier login on mailhost01: %v", err)
+			barrier := "bob"
+			if err := imapLogin(ctx, e.ClientDialer(), a.IMAPAddr(), barrier, e.Password("mailhost02", barrier)); err != nil {
+				t.Fatalf("barrier login on mailhost12: %v", err)
 			}
 			if _, err := a.WaitLog(ctx, offset, func(l string) bool { return strings.Contains(l, "Login: user=<"+barrier+">") }); err != nil {
 				t.Fatal(err)

@@ -73,7 +73,7 @@ type config struct {
 }
 
 // figures are the parts of the run, in order, as -only names them.
-var figures = []string{"cached", "latency", "e2e", "steady", "memory"}
+var figures = []string{"cached", "latency", "e2e", "steady", "memory", "penalty"}
 
 func (c config) want(figure string) bool { return len(c.only) == 0 || c.only[figure] }
 
@@ -206,6 +206,7 @@ func run(cfg config) (err error) {
 		{"e2e", "end to end", b.endToEnd},
 		{"steady", "steady workload", b.steadyWorkload},
 		{"memory", "memory", b.memory},
+		{"penalty", "Dovecot's auth penalty", b.penalty},
 	} {
 		if !cfg.want(f.name) {
 			continue
