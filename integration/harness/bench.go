@@ -110,28 +110,6 @@ func startProcessToFile(name, logPath, pidDir string, cmd *exec.Cmd) (*Process, 
 	return p, nil
 }
 
-// waitAcceptAlive is waitAccept that gives up when p exits.
-func waitAcceptAlive(ctx context.Context, p *Process, addr string) error {
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	var d net.Dialer
-	for {
-		c, err := d.DialContext(ctx, "tcp", addr)
-		if err == nil {
-			c.Close()
-			return nil
-		}
-		select {
-		case <-p.Exited():
-			out, _ := os.ReadFile(p.LogPath)
-			return fmt.Errorf("%s exited (%v) before accepting on %s:\n%s", p.Name, p.waitErr, addr, tail(string(out), 20))
-		case <-ctx.Done():
-			return fmt.Errorf("%s does not accept on %s: %v", p.Name, addr, err)
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
-}
-
 // StartImapgate starts the imapgate binary alone, listening on listen, with
 // settings as its only IMAPGATE_* environment (imapgate's own defaults for
 // the rest: text log at info level), its log written to
@@ -159,7 +137,7 @@ func (e *Env) StartImapgate(ctx context.Context, name, listen string, settings m
 	if err != nil {
 		return nil, err
 	}
-	if err := waitAcceptAlive(ctx, p, listen); err != nil {
+	if err := waitAccept(ctx, p, listen); err != nil {
 		p.Stop(5 * time.Second)
 		return nil, err
 	}
@@ -217,7 +195,7 @@ func (e *Env) StartNginx204(ctx context.Context, name, listen, workers, server s
 	if err != nil {
 		return nil, err
 	}
-	if err := waitAcceptAlive(ctx, p, listen); err != nil {
+	if err := waitAccept(ctx, p, listen); err != nil {
 		p.Stop(5 * time.Second)
 		return nil, err
 	}

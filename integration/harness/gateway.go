@@ -146,23 +146,7 @@ func (g *Gateway) startImapgate(ctx context.Context) error {
 	}); err != nil {
 		return fmt.Errorf("imapgate did not log msg=listening: %w", err)
 	}
-	return waitAccept(ctx, g.AuthAddr)
-}
-
-func waitAccept(ctx context.Context, addr string) error {
-	var d net.Dialer
-	for {
-		c, err := d.DialContext(ctx, "tcp", addr)
-		if err == nil {
-			c.Close()
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("%s does not accept: %v", addr, err)
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
+	return waitAccept(ctx, g.Imapgate, g.AuthAddr)
 }
 
 const nginxConf = `# nginx mail proxy for imapgate's integration tests, written by the harness.

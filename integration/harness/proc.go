@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -239,5 +240,28 @@ func killLeftovers(pidDir, marker string) {
 			}
 		}
 		os.Remove(path)
+	}
+}
+
+// waitAccept waits until addr accepts a connection, and gives up when p,
+// the process that should be listening there, exits first.
+func waitAccept(ctx context.Context, p *Process, addr string) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	var d net.Dialer
+	for {
+		c, err := d.DialContext(ctx, "tcp", addr)
+		if err == nil {
+			c.Close()
+			return nil
+		}
+		select {
+		case <-p.Exited():
+			out, _ := os.ReadFile(p.LogPath)
+			return fmt.Errorf("%s exited (%v) before accepting on %s:\n%s", p.Name, p.waitErr, addr, tail(string(out), 20))
+		case <-ctx.Done():
+			return fmt.Errorf("%s does not accept on %s: %v", p.Name, addr, err)
+		case <-time.After(20 * time.Millisecond):
+		}
 	}
 }
