@@ -31,7 +31,8 @@ type Server struct {
 	// Handler answers auth_http requests: every path but FallbackPaths.
 	Handler *Handler
 	// Fallback, when set, serves FallbackPaths.
-	Fallback      http.Handler
+	Fallback http.Handler
+	// FallbackPaths are the exact paths (query aside) sent to Fallback.
 	FallbackPaths []string
 	// ReadTimeout bounds reading a request head; 0 means 5s.
 	ReadTimeout time.Duration
