@@ -321,6 +321,14 @@ func (h *Handler) decidePlain(ctx context.Context, req Request) decision {
 		d.reason = "backend down (last probe failed)"
 		return h.temporary(req, d)
 	}
+	if err := imapcheck.Carries(checkProto, req.User, req.Password); err != nil {
+		// Such a password cannot be typed through nginx's line-based
+		// protocols either; it is the client's input, not the backend's
+		// fault, so it is answered like a wrong password and counted.
+		d.err = err
+		d.reason = "credentials the check protocol cannot carry"
+		return h.failed(req, limitUser, fingerprint, d)
+	}
 	// The entry is per (backend, protocol, user) and the digest covers
 	// user and password, so a hit means this very password was accepted.
 	key := cacheKey{backend: b.Name, protocol: string(checkProto), user: req.User}

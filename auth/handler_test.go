@@ -406,3 +406,29 @@ func TestHandlerAllowFrom(t *testing.T) {
 		t.Errorf("peer inside IMAPGATE_ALLOW_FROM: %d %v", w.Code, w.Header())
 	}
 }
+
+func TestHandlerUncarriableCredentials(t *testing.T) {
+	v := &fakeVerifier{outcome: imapcheck.OK}
+	var log bytes.Buffer
+	h := newTestHandler(t, v, &log)
+	for _, hdr := range []http.Header{
+		nginxHeader("Auth-Protocol", "pop3", "Auth-Pass", "pass%0D%0AQUIT"),
+		nginxHeader("Auth-Pass", "nul%00byte"),
+	} {
+		w := serve(h, hdr)
+		if got := w.Header().Get("Auth-Status"); got != StatusInvalid {
+			t.Errorf("Auth-Status %q for %v", got, hdr)
+		}
+	}
+	if len(v.calls) != 0 {
+		t.Errorf("the backend was asked: %+v", v.calls)
+	}
+	if strings.Contains(log.String(), "level=ERROR") {
+		t.Errorf("a client's bytes were logged as an operator's problem:\n%s", log.String())
+	}
+	// CR and LF go to an IMAP server as a literal.
+	serve(h, nginxHeader("Auth-Pass", "line%0D%0Abreak"))
+	if len(v.calls) != 1 {
+		t.Errorf("IMAP password with CR LF was not checked")
+	}
+}

@@ -150,17 +150,29 @@ func (v *Verifier) check(req Request) *Error {
 	if req.User == "" {
 		return &Error{Outcome: Rejected, Err: errors.New("empty user name")}
 	}
-	switch req.Protocol {
+	if err := Carries(req.Protocol, req.User, req.Password); err != nil {
+		return &Error{Outcome: Unsupported, Err: err}
+	}
+	return nil
+}
+
+// Carries reports, as a nil error, whether proto can carry user and
+// password to the server unchanged: IMAP sends CR and LF inside literals
+// (RFC 9051 section 4.3) but no NUL; POP3 has no quoting at all, so CR, LF
+// or NUL would end the command early and smuggle in another (RFC 1939
+// section 3). The error never quotes the password.
+func Carries(proto Protocol, user, password string) error {
+	switch proto {
 	case IMAP:
-		if strings.ContainsRune(req.User, 0) || strings.ContainsRune(req.Password, 0) {
-			return &Error{Outcome: Unsupported, Err: errors.New("user or password contains NUL, which IMAP cannot carry")}
+		if strings.ContainsRune(user, 0) || strings.ContainsRune(password, 0) {
+			return errors.New("user or password contains NUL, which IMAP cannot carry")
 		}
 	case POP3:
-		if strings.ContainsAny(req.User, "\r\n\x00") || strings.ContainsAny(req.Password, "\r\n\x00") {
-			return &Error{Outcome: Unsupported, Err: errors.New("user or password contains CR, LF or NUL, which POP3 cannot carry")}
+		if strings.ContainsAny(user, "\r\n\x00") || strings.ContainsAny(password, "\r\n\x00") {
+			return errors.New("user or password contains CR, LF or NUL, which POP3 cannot carry")
 		}
 	default:
-		return &Error{Outcome: Unsupported, Err: fmt.Errorf("unknown protocol %q", req.Protocol)}
+		return fmt.Errorf("unknown protocol %q", proto)
 	}
 	return nil
 }
