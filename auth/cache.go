@@ -134,19 +134,25 @@ func (c *loginCache) forget(k cacheKey) {
 }
 
 // makeRoom drops expired entries, and if the cache is still full, about a
-// tenth of the rest. Map iteration order is random, so that tenth is too;
-// a dropped entry costs one more check, nothing else.
+// tenth of the rest; a dropped entry costs one more check, nothing else.
 func (c *loginCache) makeRoom(now time.Time) {
-	for k, e := range c.entries {
-		if !now.Before(e.expires) {
-			delete(c.entries, k)
+	makeRoom(c.entries, c.max, func(e cacheEntry) bool { return !now.Before(e.expires) })
+}
+
+// makeRoom keeps m under max entries: it drops the expired ones, then, if
+// m is still full, about a tenth of the rest. Map iteration order is
+// random, so that tenth is too.
+func makeRoom[K comparable, V any](m map[K]V, max int, expired func(V) bool) {
+	for k, v := range m {
+		if expired(v) {
+			delete(m, k)
 		}
 	}
-	for k := range c.entries {
-		if len(c.entries) < c.max-c.max/10 {
+	for k := range m {
+		if len(m) < max-max/10 {
 			break
 		}
-		delete(c.entries, k)
+		delete(m, k)
 	}
 }
 

@@ -282,19 +282,7 @@ func (l *limiter) add(k recordKey, fingerprint uint64, limit int, now time.Time)
 // only gives a guesser a little more budget; losing a remembered success
 // only means the owner is no longer spared.
 func (l *limiter) makeRoom(now time.Time) {
-	max := l.limits.MaxTracked
-	if max <= 0 || len(l.records) < max {
-		return
-	}
-	for k, r := range l.records {
-		if !now.Before(r.expires) {
-			delete(l.records, k)
-		}
-	}
-	for k := range l.records {
-		if len(l.records) < max-max/10 {
-			break
-		}
-		delete(l.records, k)
+	if max := l.limits.MaxTracked; max > 0 && len(l.records) >= max {
+		makeRoom(l.records, max, func(r *record) bool { return !now.Before(r.expires) })
 	}
 }

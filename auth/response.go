@@ -70,19 +70,25 @@ type Response struct {
 // The status code still says what happened, for people using curl.
 func (r Response) Write(w http.ResponseWriter, code int) {
 	h := w.Header()
-	h[headerAuthStatus] = []string{r.Status}
+	r.eachHeader(func(name, value string) { h[name] = []string{value} })
+	w.WriteHeader(code)
+}
+
+// eachHeader calls add for each header field of the answer, in the
+// order they are written.
+func (r Response) eachHeader(add func(name, value string)) {
+	add(headerAuthStatus, r.Status)
 	if r.Status == StatusOK {
 		// nginx wants a bare IP: IPv6 without brackets, no zone.
-		h[headerAuthServer] = []string{r.Server.WithZone("").String()}
-		h[headerAuthPort] = []string{strconv.Itoa(int(r.Port))}
+		add(headerAuthServer, r.Server.WithZone("").String())
+		add(headerAuthPort, strconv.Itoa(int(r.Port)))
 	}
 	if r.Wait > 0 && r.Status != StatusOK {
-		h[headerAuthWait] = []string{strconv.Itoa(r.Wait)}
+		add(headerAuthWait, strconv.Itoa(r.Wait))
 	}
 	if r.ErrorCode != "" {
-		h[headerAuthErrorCode] = []string{r.ErrorCode}
+		add(headerAuthErrorCode, r.ErrorCode)
 	}
-	w.WriteHeader(code)
 }
 
 // rejectedWait is the Auth-Wait after a refused password: it grows with

@@ -457,29 +457,17 @@ func writeResponse(out *bytes.Buffer, code int, resp Response, keep bool) {
 	out.WriteString(http.StatusText(code))
 	out.WriteString("\r\n")
 	if code != http.StatusForbidden {
-		header(out, headerAuthStatus, resp.Status)
-		if resp.Status == StatusOK {
-			header(out, headerAuthServer, resp.Server.WithZone("").String())
-			header(out, headerAuthPort, strconv.Itoa(int(resp.Port)))
-		}
-		if resp.Wait > 0 && resp.Status != StatusOK {
-			header(out, headerAuthWait, strconv.Itoa(resp.Wait))
-		}
-		if resp.ErrorCode != "" {
-			header(out, headerAuthErrorCode, resp.ErrorCode)
-		}
+		resp.eachHeader(func(name, value string) {
+			out.WriteString(name)
+			out.WriteString(": ")
+			out.WriteString(value)
+			out.WriteString("\r\n")
+		})
 	}
 	out.WriteString("Content-Length: 0\r\n")
 	if !keep {
 		out.WriteString("Connection: close\r\n")
 	}
-	out.WriteString("\r\n")
-}
-
-func header(out *bytes.Buffer, name, value string) {
-	out.WriteString(name)
-	out.WriteString(": ")
-	out.WriteString(value)
 	out.WriteString("\r\n")
 }
 

@@ -8,8 +8,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
-// The operations endpoints. On the auth listener they take precedence
-// over auth_http, which answers on every other path.
+// The operations endpoints. Without IMAPGATE_METRICS_LISTEN they share
+// the auth listener (auth.Server's FallbackPaths), and auth_http answers
+// on every other path.
 const (
 	pathMetrics = "/metrics"
 	pathHealthz = "/healthz"

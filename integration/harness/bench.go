@@ -214,49 +214,18 @@ type MailProxy struct {
 // very configuration StartGateway gives the scenarios' nginx, asking
 // auth_http at authAddr (imapgate, or the nginx of StartNginx204).
 func (e *Env) StartMailProxy(ctx context.Context, name, ip, authAddr string) (*MailProxy, error) {
-	load, err := mailModule()
-	if err != nil {
-		return nil, err
-	}
 	dir := filepath.Join(e.Dir, name)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
-	conf := strings.NewReplacer("{{dir}}", dir, "{{load}}", load, "{{auth}}", authAddr,
-		"{{secret}}", "", "{{ip}}", ip).Replace(nginxConf)
-	confPath := filepath.Join(dir, "nginx.conf")
-	if err := os.WriteFile(confPath, []byte(conf), 0o644); err != nil {
-		return nil, err
-	}
-	cmd := exec.Command("nginx", "-c", confPath, "-p", dir, "-g", "daemon off;")
-	p, err := startProcess("nginx-"+name, filepath.Join(dir, "nginx.stderr"), e.pidDir, cmd)
+	p, err := startMailNginx(ctx, e.pidDir, name, dir, ip, authAddr, "")
 	if err != nil {
 		return nil, err
 	}
-	m := &MailProxy{
+	return &MailProxy{
 		IMAPAddr: net.JoinHostPort(ip, "143"),
 		POP3Addr: net.JoinHostPort(ip, "110"),
 		SMTPAddr: net.JoinHostPort(ip, "25"),
 		Nginx:    p,
-	}
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	alive := func() error {
-		select {
-		case <-p.Exited():
-			errLog, _ := os.ReadFile(filepath.Join(dir, "nginx-error.log"))
-			return fmt.Errorf("nginx exited: %s\n%s", p.Output(), tail(string(errLog), 10))
-		default:
-			return nil
-		}
-	}
-	for _, addr := range []string{m.IMAPAddr, m.POP3Addr, m.SMTPAddr} {
-		host, port, _ := net.SplitHostPort(addr)
-		n, _ := strconv.Atoi(port)
-		if err := waitGreeting(ctx, Listener{Address: host, Port: n, Name: "nginx"}, nil, alive); err != nil {
-			p.Stop(5 * time.Second)
-			return nil, fmt.Errorf("nginx %s: %w", name, err)
-		}
-	}
-	return m, nil
+	}, nil
 }

@@ -12,7 +12,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -211,45 +210,55 @@ func mailModule() (string, error) {
 }
 
 func (g *Gateway) startNginx(ctx context.Context) error {
-	load, err := mailModule()
-	if err != nil {
-		return err
-	}
-	secret := ""
-	if g.cfg.Secret != "" {
-		secret = fmt.Sprintf("    auth_http_header X-Imapgate-Secret %q;", g.cfg.Secret)
-	}
-	conf := strings.NewReplacer("{{dir}}", g.dir, "{{load}}", load, "{{auth}}", g.AuthAddr,
-		"{{secret}}", secret, "{{ip}}", g.IP).Replace(nginxConf)
-	confPath := filepath.Join(g.dir, "nginx.conf")
-	if err := os.WriteFile(confPath, []byte(conf), 0o644); err != nil {
-		return err
-	}
-	cmd := exec.Command("nginx", "-c", confPath, "-p", g.dir, "-g", "daemon off;")
-	p, err := startProcess("nginx-"+g.Name, filepath.Join(g.dir, "nginx.stderr"), g.env.pidDir, cmd)
+	p, err := startMailNginx(ctx, g.env.pidDir, g.Name, g.dir, g.IP, g.AuthAddr, g.cfg.Secret)
 	if err != nil {
 		return err
 	}
 	g.Nginx = p
+	return nil
+}
+
+// startMailNginx starts nginx with nginxConf in dir: mail listeners on ip
+// (143, 110, 25) asking auth_http at authAddr, sending secret as
+// X-Imapgate-Secret when it is set. It returns once every listener greets.
+func startMailNginx(ctx context.Context, pidDir, name, dir, ip, authAddr, secret string) (*Process, error) {
+	load, err := mailModule()
+	if err != nil {
+		return nil, err
+	}
+	secretLine := ""
+	if secret != "" {
+		secretLine = fmt.Sprintf("    auth_http_header X-Imapgate-Secret %q;", secret)
+	}
+	conf := strings.NewReplacer("{{dir}}", dir, "{{load}}", load, "{{auth}}", authAddr,
+		"{{secret}}", secretLine, "{{ip}}", ip).Replace(nginxConf)
+	confPath := filepath.Join(dir, "nginx.conf")
+	if err := os.WriteFile(confPath, []byte(conf), 0o644); err != nil {
+		return nil, err
+	}
+	cmd := exec.Command("nginx", "-c", confPath, "-p", dir, "-g", "daemon off;")
+	p, err := startProcess("nginx-"+name, filepath.Join(dir, "nginx.stderr"), pidDir, cmd)
+	if err != nil {
+		return nil, err
+	}
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	alive := func() error {
 		select {
 		case <-p.Exited():
-			errLog, _ := os.ReadFile(filepath.Join(g.dir, "nginx-error.log"))
+			errLog, _ := os.ReadFile(filepath.Join(dir, "nginx-error.log"))
 			return fmt.Errorf("nginx exited: %s\n%s", p.Output(), tail(string(errLog), 10))
 		default:
 			return nil
 		}
 	}
-	for _, addr := range []string{g.IMAPAddr, g.POP3Addr, g.SMTPAddr} {
-		host, port, _ := net.SplitHostPort(addr)
-		n, _ := strconv.Atoi(port)
-		if err := waitGreeting(ctx, Listener{Address: host, Port: n, Name: "nginx"}, nil, alive); err != nil {
-			return fmt.Errorf("nginx %s: %w", g.Name, err)
+	for _, port := range []int{143, 110, 25} {
+		if err := waitGreeting(ctx, Listener{Address: ip, Port: port, Name: "nginx"}, nil, alive); err != nil {
+			p.Stop(5 * time.Second)
+			return nil, fmt.Errorf("nginx %s: %w", name, err)
 		}
 	}
-	return nil
+	return p, nil
 }
 
 // AddSecret records a string (a password a test typed) that must never
