@@ -119,7 +119,7 @@ func benchHandler(b *testing.B) *Handler {
 	}
 	limits := DefaultLimits
 	return &Handler{
-		Selector: backend.Chain{fl, backend.Static{Backend: backends["mailhost02"]}},
+		Routes:   backend.Chain{{Name: backend.RuleFirstLetter, Selector: fl}, {Name: backend.RuleDefault, Selector: backend.Static{Backend: backends["mailhost02"]}}},
 		Verifier: &fakeVerifier{outcome: imapcheck.OK},
 		Resolver: fakeResolver{},
 		CacheTTL: time.Hour,

@@ -61,7 +61,7 @@ func FuzzHandler(f *testing.F) {
 	f.Add("cram-md5", "a%20b", "%zz", "pop3", "0", "::1")
 	f.Add("PLAIN", "zoe", "p%25", "IMAP", "99999999999999999999", "garbage")
 	f.Fuzz(func(t *testing.T, method, user, pass, proto, attempt, ip string) {
-		h := &Handler{Selector: fuzzSelector(t), Verifier: &fakeVerifier{outcome: imapcheck.OK}, Resolver: fakeResolver{}}
+		h := &Handler{Routes: fuzzRoutes(t), Verifier: &fakeVerifier{outcome: imapcheck.OK}, Resolver: fakeResolver{}}
 		r := httptest.NewRequest("GET", "/mail/auth.php", nil)
 		r.Header = http.Header{}
 		for name, v := range map[string]string{"Auth-Method": method, "Auth-User": user, "Auth-Pass": pass,
@@ -86,7 +86,7 @@ func FuzzHandler(f *testing.F) {
 
 var discard = slog.New(slog.DiscardHandler)
 
-// fuzzSelector sends every user to one backend.
-func fuzzSelector(t *testing.T) backend.Selector {
-	return backend.Static{Backend: testBackends(t)["mailhost01"]}
+// fuzzRoutes sends every user to one backend.
+func fuzzRoutes(t *testing.T) backend.Chain {
+	return backend.Chain{{Name: backend.RuleDefault, Selector: backend.Static{Backend: testBackends(t)["mailhost01"]}}}
 }

@@ -37,7 +37,7 @@ type Resolver interface {
 // Health tells whether a backend's address for a protocol is up;
 // *backend.Health is the real one.
 type Health interface {
-	Up(backend string, proto backend.Protocol) bool
+	Up(backend string, proto imapcheck.Protocol) bool
 	// Recheck asks for a probe soon, without waiting for it.
 	Recheck()
 }
@@ -45,8 +45,8 @@ type Health interface {
 // Handler answers nginx's auth_http requests on any path. Its fields are
 // set once before it serves.
 type Handler struct {
-	// Selector picks the user's backend.
-	Selector backend.Selector
+	// Routes picks the user's backend.
+	Routes backend.Chain
 	// Verifier logs in to the backend with the client's credentials.
 	Verifier Verifier
 	// Resolver resolves the backend host sent to nginx.
@@ -258,7 +258,7 @@ func (h *Handler) decide(ctx context.Context, req Request) decision {
 // decideRelay handles SMTP without authentication, which needs a policy,
 // not a login check.
 func (h *Handler) decideRelay(ctx context.Context, req Request) decision {
-	if req.Protocol != backend.SMTP {
+	if req.Protocol != imapcheck.SMTP {
 		return decision{
 			resp:    Response{Status: StatusMalformed},
 			outcome: outcomeMalformed,
@@ -295,8 +295,14 @@ func (h *Handler) decidePlain(ctx context.Context, req Request) decision {
 		return d
 	}
 	defer h.limiter.end(limitUser, req.ClientIP, fingerprint)
-	b, ok := h.Selector.Select(req.User)
-	if !ok {
+	route, err := h.Routes.Route(ctx, req.User)
+	if err != nil {
+		// A directory that cannot tell now: never a wrong password, and
+		// never the next rule's backend.
+		return h.temporary(req, decision{reason: "routing rule failed", err: err})
+	}
+	b := route.Backend
+	if b == nil {
 		// Answered exactly like a wrong password, so that nobody can learn
 		// which users exist, and counted like one.
 		return h.failed(req, limitUser, fingerprint, decision{reason: "no backend for user"})
@@ -307,12 +313,12 @@ func (h *Handler) decidePlain(ctx context.Context, req Request) decision {
 		return h.temporary(req, d)
 	}
 	checkProto := h.checkProtocol(req.Protocol)
-	ep, ok := b.Check[backend.Protocol(checkProto)]
+	ep, ok := b.Check[checkProto]
 	if !ok {
 		d.reason = fmt.Sprintf("backend %s has no %s address to verify with", b.Name, checkProto)
 		return h.temporary(req, d)
 	}
-	if h.Health != nil && (!h.Health.Up(b.Name, req.Protocol) || !h.Health.Up(b.Name, backend.Protocol(checkProto))) {
+	if h.Health != nil && (!h.Health.Up(b.Name, req.Protocol) || !h.Health.Up(b.Name, checkProto)) {
 		// Known down: answer now rather than after a timeout, and never
 		// from the cache, since nginx could not reach the backend anyway.
 		// The client retries after Auth-Wait; by then a fresh probe has
@@ -412,11 +418,11 @@ func (h *Handler) failed(req Request, limitUser string, fingerprint uint64, d de
 }
 
 // checkProtocol is the protocol a login over proto is verified with.
-func (h *Handler) checkProtocol(proto backend.Protocol) imapcheck.Protocol {
+func (h *Handler) checkProtocol(proto imapcheck.Protocol) imapcheck.Protocol {
 	switch proto {
-	case backend.POP3:
+	case imapcheck.POP3:
 		return imapcheck.POP3
-	case backend.SMTP:
+	case imapcheck.SMTP:
 		if h.SMTPVerify != "" {
 			return h.SMTPVerify
 		}
@@ -461,7 +467,7 @@ func (h *Handler) temporary(req Request, d decision) decision {
 // smtpCode returns code for SMTP requests; nginx ignores Auth-Error-Code
 // for the other protocols, so it is not sent there.
 func smtpCode(req Request, code string) string {
-	if req.Protocol == backend.SMTP {
+	if req.Protocol == imapcheck.SMTP {
 		return code
 	}
 	return ""

@@ -71,7 +71,7 @@ func newTestHandler(t *testing.T, v *fakeVerifier, log *bytes.Buffer) *Handler {
 		t.Fatal(err)
 	}
 	return &Handler{
-		Selector: fl,
+		Routes:   backend.Chain{{Name: backend.RuleFirstLetter, Selector: fl}},
 		Verifier: v,
 		Resolver: fakeResolver{"mail.example": "198.51.100.5"},
 		Logger:   slog.New(slog.NewTextHandler(log, &slog.HandlerOptions{Level: slog.LevelDebug})),

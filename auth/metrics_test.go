@@ -9,7 +9,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
-	"github.com/imapgate/imapgate/backend"
 	"github.com/imapgate/imapgate/imapcheck"
 )
 
@@ -74,8 +73,8 @@ func TestMetrics(t *testing.T) {
 // downHealth reports every backend down.
 type downHealth struct{}
 
-func (downHealth) Up(string, backend.Protocol) bool { return false }
-func (downHealth) Recheck()                         {}
+func (downHealth) Up(string, imapcheck.Protocol) bool { return false }
+func (downHealth) Recheck()                           {}
 
 func TestHandlerBackendKnownDown(t *testing.T) {
 	v := &fakeVerifier{outcome: imapcheck.OK}

@@ -16,7 +16,7 @@ import (
 	"strings"
 	"unicode/utf8"
 
-	"github.com/imapgate/imapgate/backend"
+	"github.com/imapgate/imapgate/imapcheck"
 )
 
 // Method is the authentication method nginx reports in Auth-Method.
@@ -52,7 +52,7 @@ type Request struct {
 	// User and Password are decoded from nginx's %XX escaping.
 	User     string
 	Password string
-	Protocol backend.Protocol
+	Protocol imapcheck.Protocol
 	// Attempt is Auth-Login-Attempt: 1 for the first login of a client
 	// session, counting up while nginx lets the client retry.
 	Attempt int
@@ -107,9 +107,9 @@ func parseRequest(h fields) (Request, error) {
 	if err != nil {
 		return req, err
 	}
-	req.Protocol = backend.Protocol(strings.ToLower(proto))
+	req.Protocol = imapcheck.Protocol(strings.ToLower(proto))
 	switch req.Protocol {
-	case backend.IMAP, backend.POP3, backend.SMTP:
+	case imapcheck.IMAP, imapcheck.POP3, imapcheck.SMTP:
 	default:
 		return req, malformed("unknown Auth-Protocol %q", truncate(proto))
 	}

@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/imapgate/imapgate/backend"
+	"github.com/imapgate/imapgate/imapcheck"
 )
 
 func TestUnescape(t *testing.T) {
@@ -67,7 +67,7 @@ func TestParseRequest(t *testing.T) {
 	if err != nil {
 		t.Fatalf("ParseRequest: %v", err)
 	}
-	want := Request{Method: MethodPlain, User: "alice", Password: "p a+s%s", Protocol: backend.IMAP,
+	want := Request{Method: MethodPlain, User: "alice", Password: "p a+s%s", Protocol: imapcheck.IMAP,
 		Attempt: 3, ClientIP: netip.MustParseAddr("192.0.2.9")}
 	if req != want {
 		t.Errorf("ParseRequest = %+v, want %+v", req, want)

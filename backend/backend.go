@@ -3,24 +3,17 @@
 //
 // A Backend has, per protocol, the address nginx is told to proxy to
 // (Auth-Server/Auth-Port) and the address imapgate's own check logs in to.
-// A Selector maps a user name to a Backend: the users file, then the
-// first-letter rule, then the default, exactly as the auth.php scripts did.
+// A Selector maps a user name to a Backend; a Chain asks its rules in order:
+// by default the users file, then the first-letter rule, then the default,
+// exactly as the auth.php scripts did.
 package backend
 
 import (
+	"context"
 	"net"
 	"strconv"
-)
 
-// Protocol is a mail protocol nginx's mail proxy speaks, as sent in the
-// Auth-Protocol header.
-type Protocol string
-
-// The protocols nginx proxies.
-const (
-	IMAP Protocol = "imap"
-	POP3 Protocol = "pop3"
-	SMTP Protocol = "smtp"
+	"github.com/imapgate/imapgate/imapcheck"
 )
 
 // Endpoint is a host and a TCP port. Host is an IP literal or a DNS name as
@@ -41,15 +34,20 @@ type Backend struct {
 	Name string
 	// Proxy is where nginx is sent for each protocol the backend serves.
 	// A protocol missing from the map is not served by this backend.
-	Proxy map[Protocol]Endpoint
+	Proxy map[imapcheck.Protocol]Endpoint
 	// Check is where imapgate logs in to verify a password, for IMAP and
 	// POP3. It equals Proxy unless the check uses implicit TLS, which
 	// listens on its own ports (993, 995).
-	Check map[Protocol]Endpoint
+	Check map[imapcheck.Protocol]Endpoint
 }
 
 // Selector picks the backend a user's mail lives on.
 type Selector interface {
-	// Select returns the user's backend, or false when no rule names one.
-	Select(user string) (*Backend, bool)
+	// Select returns the user's backend. It returns nil and no error
+	// when it names none for this user, so that the next rule of a Chain
+	// is asked, and an error when it cannot tell now (a directory that is
+	// down, slow or failing): that is a temporary failure, and the rules
+	// after it must not be asked, or the user would silently land on
+	// another backend.
+	Select(ctx context.Context, user string) (*Backend, error)
 }

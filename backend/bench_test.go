@@ -5,6 +5,7 @@ package backend
 //	go test -run '^$' -bench . -benchmem ./backend
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -41,11 +42,12 @@ func benchSelectors(b *testing.B, n int) (*UsersFile, FirstLetter, Chain) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	return uf, fl, Chain{uf, fl, Static{Backend: backends["mailhost02"]}}
+	return uf, fl, Chain{{RuleUsersFile, uf}, {RuleFirstLetter, fl}, {RuleDefault, Static{Backend: backends["mailhost02"]}}}
 }
 
 func BenchmarkSelect(b *testing.B) {
 	uf, fl, chain := benchSelectors(b, 10_000)
+	ctx := context.Background()
 	for _, bc := range []struct {
 		name string
 		sel  Selector
@@ -63,7 +65,7 @@ func BenchmarkSelect(b *testing.B) {
 		b.Run(bc.name, func(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {
-				bc.sel.Select(bc.user)
+				bc.sel.Select(ctx, bc.user)
 			}
 		})
 	}

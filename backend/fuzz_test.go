@@ -1,6 +1,8 @@
 package backend
 
 import (
+	"github.com/imapgate/imapgate/imapcheck"
+
 	"net/netip"
 	"strings"
 	"testing"
@@ -37,7 +39,7 @@ func FuzzParseBackends(f *testing.F) {
 			}
 			for p, e := range b.Proxy {
 				checkEndpoint(t, name, p, e)
-				if p == SMTP {
+				if p == imapcheck.SMTP {
 					continue
 				}
 				if c, ok := b.Check[p]; !ok || !implicitTLS && c != e {
@@ -45,7 +47,7 @@ func FuzzParseBackends(f *testing.F) {
 				}
 			}
 			for p, e := range b.Check {
-				if p != IMAP && p != POP3 {
+				if p != imapcheck.IMAP && p != imapcheck.POP3 {
 					t.Errorf("backend %q: check for %s", name, p)
 				}
 				checkEndpoint(t, name, p, e)
@@ -53,9 +55,9 @@ func FuzzParseBackends(f *testing.F) {
 			// What was parsed must parse again to the same thing, so a
 			// backend can be written back into a configuration.
 			if !implicitTLS && len(b.Proxy) == 3 {
-				h := b.Proxy[IMAP].Host
+				h := b.Proxy[imapcheck.IMAP].Host
 				again, err := ParseBackends(name+"="+h, stdPorts, false)
-				if err != nil || again[name].Proxy[IMAP].Host != h {
+				if err != nil || again[name].Proxy[imapcheck.IMAP].Host != h {
 					t.Errorf("host %q does not parse again: %v", h, err)
 				}
 			}
@@ -64,7 +66,7 @@ func FuzzParseBackends(f *testing.F) {
 }
 
 // checkEndpoint asserts the invariants of a parsed endpoint.
-func checkEndpoint(t *testing.T, name string, p Protocol, e Endpoint) {
+func checkEndpoint(t *testing.T, name string, p imapcheck.Protocol, e Endpoint) {
 	t.Helper()
 	if e.Host == "" || e.Port == 0 {
 		t.Errorf("backend %q %s: incomplete endpoint %+v", name, p, e)

@@ -1,6 +1,8 @@
 package backend
 
 import (
+	"github.com/imapgate/imapgate/imapcheck"
+
 	"bufio"
 	"context"
 	"fmt"
@@ -30,7 +32,7 @@ type Health struct {
 	Timeout time.Duration
 	// OnChange, when set, is called when a backend's address turns up or
 	// down (and after its first probe), from the probing goroutine.
-	OnChange func(backend string, proto Protocol, addr string, up bool, err error)
+	OnChange func(backend string, proto imapcheck.Protocol, addr string, up bool, err error)
 
 	pokeOnce sync.Once
 	poke     chan struct{} // asks Run for a round now; see Recheck
@@ -62,14 +64,14 @@ func (h *Health) Recheck() {
 
 type healthKey struct {
 	backend string
-	proto   Protocol
+	proto   imapcheck.Protocol
 	check   bool // the check's own address, not the one nginx uses
 }
 
 // Up reports whether the backend's addresses for proto answered their
 // last probe. A backend not probed yet counts as up: better one slow
 // check than refusing logins at start.
-func (h *Health) Up(backend string, proto Protocol) bool {
+func (h *Health) Up(backend string, proto imapcheck.Protocol) bool {
 	if h == nil {
 		return true
 	}
@@ -221,13 +223,13 @@ func (h *Health) probe(ctx context.Context, t probeTarget) error {
 // greetingOK reports whether line is a ready greeting for proto:
 // RFC 9051 section 7.1 (OK or PREAUTH), RFC 1939 section 4, RFC 5321
 // section 4.2 (220).
-func greetingOK(proto Protocol, line string) bool {
+func greetingOK(proto imapcheck.Protocol, line string) bool {
 	switch proto {
-	case IMAP:
+	case imapcheck.IMAP:
 		return strings.HasPrefix(line, "* OK") || strings.HasPrefix(line, "* PREAUTH")
-	case POP3:
+	case imapcheck.POP3:
 		return strings.HasPrefix(line, "+OK")
-	case SMTP:
+	case imapcheck.SMTP:
 		return strings.HasPrefix(line, "220")
 	}
 	return false

@@ -1,6 +1,8 @@
 package backend
 
 import (
+	"github.com/imapgate/imapgate/imapcheck"
+
 	"context"
 	"net"
 	"strconv"
@@ -55,20 +57,20 @@ func TestHealth(t *testing.T) {
 
 	h := &Health{Backends: map[string]*Backend{
 		"good": {Name: "good",
-			Proxy: map[Protocol]Endpoint{IMAP: imapOK, POP3: pop3OK, SMTP: smtpOK},
-			Check: map[Protocol]Endpoint{IMAP: tlsPort, POP3: pop3OK}},
-		"busy": {Name: "busy", Proxy: map[Protocol]Endpoint{IMAP: imapBye}, Check: map[Protocol]Endpoint{IMAP: imapBye}},
-		"gone": {Name: "gone", Proxy: map[Protocol]Endpoint{POP3: closedEndpoint(t)}, Check: map[Protocol]Endpoint{}},
+			Proxy: map[imapcheck.Protocol]Endpoint{imapcheck.IMAP: imapOK, imapcheck.POP3: pop3OK, imapcheck.SMTP: smtpOK},
+			Check: map[imapcheck.Protocol]Endpoint{imapcheck.IMAP: tlsPort, imapcheck.POP3: pop3OK}},
+		"busy": {Name: "busy", Proxy: map[imapcheck.Protocol]Endpoint{imapcheck.IMAP: imapBye}, Check: map[imapcheck.Protocol]Endpoint{imapcheck.IMAP: imapBye}},
+		"gone": {Name: "gone", Proxy: map[imapcheck.Protocol]Endpoint{imapcheck.POP3: closedEndpoint(t)}, Check: map[imapcheck.Protocol]Endpoint{}},
 	}}
 	var mu sync.Mutex
 	changes := map[string]bool{}
-	h.OnChange = func(backend string, proto Protocol, addr string, up bool, err error) {
+	h.OnChange = func(backend string, proto imapcheck.Protocol, addr string, up bool, err error) {
 		mu.Lock()
 		defer mu.Unlock()
 		changes[backend+"/"+string(proto)+"/"+addr] = up
 	}
 
-	if !h.Up("good", IMAP) {
+	if !h.Up("good", imapcheck.IMAP) {
 		t.Error("a backend not probed yet is not up")
 	}
 	if ready, missing := h.Ready(); ready || len(missing) != 6 {
@@ -77,11 +79,11 @@ func TestHealth(t *testing.T) {
 	h.ProbeAll(context.Background())
 	for _, tt := range []struct {
 		backend string
-		proto   Protocol
+		proto   imapcheck.Protocol
 		want    bool
 	}{
-		{"good", IMAP, true}, {"good", POP3, true}, {"good", SMTP, true},
-		{"busy", IMAP, false}, {"gone", POP3, false},
+		{"good", imapcheck.IMAP, true}, {"good", imapcheck.POP3, true}, {"good", imapcheck.SMTP, true},
+		{"busy", imapcheck.IMAP, false}, {"gone", imapcheck.POP3, false},
 	} {
 		if got := h.Up(tt.backend, tt.proto); got != tt.want {
 			t.Errorf("Up(%s, %s) = %v, want %v", tt.backend, tt.proto, got, tt.want)
@@ -99,7 +101,7 @@ func TestHealth(t *testing.T) {
 	stopPOP3()
 	clear(changes)
 	h.ProbeAll(context.Background())
-	if h.Up("good", POP3) {
+	if h.Up("good", imapcheck.POP3) {
 		t.Error("a stopped server is still up")
 	}
 	if len(changes) != 1 || changes["good/pop3/127.0.0.1:"+strconv.Itoa(int(pop3OK.Port))] {
@@ -109,7 +111,7 @@ func TestHealth(t *testing.T) {
 
 func TestHealthRunStops(t *testing.T) {
 	ep, _ := greeter(t, "* OK\r\n")
-	h := &Health{Backends: map[string]*Backend{"b": {Name: "b", Proxy: map[Protocol]Endpoint{IMAP: ep}}}}
+	h := &Health{Backends: map[string]*Backend{"b": {Name: "b", Proxy: map[imapcheck.Protocol]Endpoint{imapcheck.IMAP: ep}}}}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { h.Run(ctx); close(done) }()
@@ -131,9 +133,9 @@ func TestHealthRecheck(t *testing.T) {
 	ep := Endpoint{Host: "127.0.0.1", Port: uint16(p)}
 	changed := make(chan bool, 4)
 	h := &Health{
-		Backends: map[string]*Backend{"b": {Name: "b", Proxy: map[Protocol]Endpoint{POP3: ep}}},
+		Backends: map[string]*Backend{"b": {Name: "b", Proxy: map[imapcheck.Protocol]Endpoint{imapcheck.POP3: ep}}},
 		Interval: time.Hour,
-		OnChange: func(_ string, _ Protocol, _ string, up bool, _ error) { changed <- up },
+		OnChange: func(_ string, _ imapcheck.Protocol, _ string, up bool, _ error) { changed <- up },
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})

@@ -1,6 +1,7 @@
 package backend
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"strings"
@@ -11,37 +12,70 @@ import (
 // Static is a Selector that gives every user the same backend: the default
 // backend (IMAPGATE_DEFAULT_BACKEND) at the end of a Chain.
 type Static struct {
-	// Backend is the backend every non-empty user gets; nil selects none.
+	// Backend is the backend every non-empty user gets.
 	Backend *Backend
 }
 
 // Select returns s.Backend for any non-empty user.
-func (s Static) Select(user string) (*Backend, bool) {
-	if user == "" || s.Backend == nil {
-		return nil, false
+func (s Static) Select(_ context.Context, user string) (*Backend, error) {
+	if user == "" {
+		return nil, nil
 	}
-	return s.Backend, true
+	return s.Backend, nil
 }
 
-// Chain is a Selector that asks its selectors in order and returns the
-// first answer: users file, then first letter, then default, as the
-// auth.php scripts did. Nil entries are skipped.
-type Chain []Selector
+// The names of the rules a Chain is built from, as the log and the
+// metrics show them.
+const (
+	RuleUsersFile   = "users-file"
+	RuleFirstLetter = "first-letter"
+	RuleDefault     = "default"
+)
 
-// Select returns the backend of the first selector that names one.
-func (c Chain) Select(user string) (*Backend, bool) {
+// Rule is one named selector of a Chain.
+type Rule struct {
+	// Name says which rule routed a login, in the log and the metrics.
+	Name     string
+	Selector Selector
+}
+
+// Route is where a Chain sends a user, and the rule that said so.
+type Route struct {
+	// Backend is nil when no rule names one.
+	Backend *Backend
+	// Rule is the name of the rule that named Backend, or that failed.
+	Rule string
+}
+
+// Chain asks its rules in order, users file, then first letter, then
+// default by default, as the auth.php scripts did, and takes the first
+// answer.
+type Chain []Rule
+
+// Route returns the backend of the first rule that names one. A rule
+// that fails stops the chain with its error (and its name in the Route):
+// asking the next rules could send the user to another backend.
+func (c Chain) Route(ctx context.Context, user string) (Route, error) {
 	if user == "" {
-		return nil, false
+		return Route{}, nil
 	}
-	for _, s := range c {
-		if s == nil {
-			continue
+	for _, r := range c {
+		b, err := r.Selector.Select(ctx, user)
+		if err != nil {
+			return Route{Rule: r.Name}, fmt.Errorf("rule %s: %w", r.Name, err)
 		}
-		if b, ok := s.Select(user); ok {
-			return b, true
+		if b != nil {
+			return Route{Backend: b, Rule: r.Name}, nil
 		}
 	}
-	return nil, false
+	return Route{}, nil
+}
+
+// Select returns the backend Route finds, so that a Chain is a Selector
+// too.
+func (c Chain) Select(ctx context.Context, user string) (*Backend, error) {
+	r, err := c.Route(ctx, user)
+	return r.Backend, err
 }
 
 // FirstLetter is a Selector that picks a backend by the first character of
@@ -103,14 +137,13 @@ func ParseFirstLetter(spec string, backends map[string]*Backend) (FirstLetter, e
 }
 
 // Select returns the backend for the first character of user.
-func (f FirstLetter) Select(user string) (*Backend, bool) {
+func (f FirstLetter) Select(_ context.Context, user string) (*Backend, error) {
 	r, size := utf8.DecodeRuneInString(user)
 	if size == 0 || r == utf8.RuneError && size == 1 {
 		// Empty, or an invalid byte: no letter to match.
-		return nil, false
+		return nil, nil
 	}
-	b, ok := f.byRune[foldRune(r)]
-	return b, ok
+	return f.byRune[foldRune(r)], nil
 }
 
 // foldRune returns the representative of r's case-folding orbit (the

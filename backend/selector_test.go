@@ -1,6 +1,8 @@
 package backend
 
 import (
+	"context"
+	"errors"
 	"strings"
 	"testing"
 )
@@ -17,8 +19,11 @@ func testBackends(t testing.TB) map[string]*Backend {
 
 // nameOf returns the selected backend's name, or "" when none.
 func nameOf(s Selector, user string) string {
-	b, ok := s.Select(user)
-	if !ok {
+	b, err := s.Select(context.Background(), user)
+	if err != nil {
+		panic(err)
+	}
+	if b == nil {
 		return ""
 	}
 	return b.Name
@@ -109,8 +114,8 @@ func TestChainOrder(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	full := Chain{uf, nil, fl, Static{bs["mailhost03"]}}
-	noDefault := Chain{uf, fl}
+	full := Chain{{RuleUsersFile, uf}, {RuleFirstLetter, fl}, {RuleDefault, Static{bs["mailhost03"]}}}
+	noDefault := Chain{{RuleUsersFile, uf}, {RuleFirstLetter, fl}}
 	for _, tt := range []struct {
 		c    Chain
 		user string
@@ -128,6 +133,27 @@ func TestChainOrder(t *testing.T) {
 		if got := nameOf(tt.c, tt.user); got != tt.want {
 			t.Errorf("Select(%q) = %q, want %q", tt.user, got, tt.want)
 		}
+	}
+	if r, _ := full.Route(context.Background(), "andy"); r.Rule != RuleFirstLetter {
+		t.Errorf("andy routed by rule %q, want %q", r.Rule, RuleFirstLetter)
+	}
+}
+
+// failingSelector cannot tell, as a directory that is down.
+type failingSelector struct{}
+
+func (failingSelector) Select(context.Context, string) (*Backend, error) {
+	return nil, errors.New("directory down")
+}
+
+// TestChainStopsAtFailure: a rule that cannot tell stops the chain, so a
+// user never lands on the default because a directory was down.
+func TestChainStopsAtFailure(t *testing.T) {
+	bs := testBackends(t)
+	c := Chain{{"sql", failingSelector{}}, {RuleDefault, Static{bs["mailhost03"]}}}
+	r, err := c.Route(context.Background(), "alice")
+	if err == nil || r.Backend != nil || r.Rule != "sql" {
+		t.Errorf("Route = %+v, %v; want no backend, rule sql and an error", r, err)
 	}
 }
 

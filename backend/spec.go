@@ -1,6 +1,8 @@
 package backend
 
 import (
+	"github.com/imapgate/imapgate/imapcheck"
+
 	"errors"
 	"fmt"
 	"net/netip"
@@ -47,29 +49,29 @@ func (p Ports) withDefaults() Ports {
 // and whether it names the implicit-TLS check endpoint rather than the
 // address nginx proxies to.
 type scheme struct {
-	proto Protocol
+	proto imapcheck.Protocol
 	tls   bool
 }
 
 // schemes are the URL schemes a backend spec accepts.
 var schemes = map[string]scheme{
-	"imap":  {IMAP, false},
-	"pop3":  {POP3, false},
-	"smtp":  {SMTP, false},
-	"imaps": {IMAP, true},
-	"pop3s": {POP3, true},
+	"imap":  {imapcheck.IMAP, false},
+	"pop3":  {imapcheck.POP3, false},
+	"smtp":  {imapcheck.SMTP, false},
+	"imaps": {imapcheck.IMAP, true},
+	"pop3s": {imapcheck.POP3, true},
 }
 
 // defaultPort is the port of a URL with this scheme that names none.
 func (p Ports) defaultPort(s scheme) uint16 {
 	switch {
-	case s.proto == IMAP && s.tls:
+	case s.proto == imapcheck.IMAP && s.tls:
 		return p.IMAPS
-	case s.proto == POP3 && s.tls:
+	case s.proto == imapcheck.POP3 && s.tls:
 		return p.POP3S
-	case s.proto == IMAP:
+	case s.proto == imapcheck.IMAP:
 		return p.IMAP
-	case s.proto == POP3:
+	case s.proto == imapcheck.POP3:
 		return p.POP3
 	default:
 		return p.SMTP
@@ -133,22 +135,22 @@ func parseBackend(item string, ports Ports, implicitTLS bool) (*Backend, error) 
 	}
 	b := &Backend{
 		Name:  name,
-		Proxy: make(map[Protocol]Endpoint),
-		Check: make(map[Protocol]Endpoint),
+		Proxy: make(map[imapcheck.Protocol]Endpoint),
+		Check: make(map[imapcheck.Protocol]Endpoint),
 	}
 	if !strings.Contains(spec, "://") {
 		host, err := parseHost(spec)
 		if err != nil {
 			return nil, fmt.Errorf("backend %q: %w", name, err)
 		}
-		b.Proxy[IMAP] = Endpoint{host, ports.IMAP}
-		b.Proxy[POP3] = Endpoint{host, ports.POP3}
-		b.Proxy[SMTP] = Endpoint{host, ports.SMTP}
+		b.Proxy[imapcheck.IMAP] = Endpoint{host, ports.IMAP}
+		b.Proxy[imapcheck.POP3] = Endpoint{host, ports.POP3}
+		b.Proxy[imapcheck.SMTP] = Endpoint{host, ports.SMTP}
 		b.fillCheck(nil, ports, implicitTLS)
 		return b, nil
 	}
 
-	tlsCheck := make(map[Protocol]Endpoint)
+	tlsCheck := make(map[imapcheck.Protocol]Endpoint)
 	seen := make(map[string]bool)
 	for u := range strings.SplitSeq(spec, ",") {
 		u = strings.TrimSpace(u)
@@ -179,8 +181,8 @@ func parseBackend(item string, ports Ports, implicitTLS bool) (*Backend, error) 
 
 // fillCheck sets b.Check from b.Proxy and the explicit implicit-TLS
 // endpoints.
-func (b *Backend) fillCheck(tlsCheck map[Protocol]Endpoint, ports Ports, implicitTLS bool) {
-	for _, p := range []Protocol{IMAP, POP3} {
+func (b *Backend) fillCheck(tlsCheck map[imapcheck.Protocol]Endpoint, ports Ports, implicitTLS bool) {
+	for _, p := range []imapcheck.Protocol{imapcheck.IMAP, imapcheck.POP3} {
 		proxy, served := b.Proxy[p]
 		switch {
 		case !implicitTLS:
@@ -191,7 +193,7 @@ func (b *Backend) fillCheck(tlsCheck map[Protocol]Endpoint, ports Ports, implici
 			b.Check[p] = tlsCheck[p]
 		case served:
 			port := ports.IMAPS
-			if p == POP3 {
+			if p == imapcheck.POP3 {
 				port = ports.POP3S
 			}
 			b.Check[p] = Endpoint{proxy.Host, port}

@@ -1,6 +1,8 @@
 package backend
 
 import (
+	"github.com/imapgate/imapgate/imapcheck"
+
 	"maps"
 	"reflect"
 	"slices"
@@ -15,7 +17,7 @@ func ep(host string, port uint16) Endpoint { return Endpoint{host, port} }
 var stdPorts = Ports{IMAP: 143, POP3: 110, SMTP: 25, IMAPS: 993, POP3S: 995}
 
 // eps builds an endpoint map.
-type eps = map[Protocol]Endpoint
+type eps = map[imapcheck.Protocol]Endpoint
 
 func TestParseBackends(t *testing.T) {
 	tests := []struct {
@@ -32,13 +34,13 @@ func TestParseBackends(t *testing.T) {
 			want: map[string]*Backend{
 				"mailhost01": {
 					Name:  "mailhost01",
-					Proxy: eps{IMAP: ep("192.168.1.22", 143), POP3: ep("192.168.1.22", 110), SMTP: ep("192.168.1.22", 25)},
-					Check: eps{IMAP: ep("192.168.1.22", 143), POP3: ep("192.168.1.22", 110)},
+					Proxy: eps{imapcheck.IMAP: ep("192.168.1.22", 143), imapcheck.POP3: ep("192.168.1.22", 110), imapcheck.SMTP: ep("192.168.1.22", 25)},
+					Check: eps{imapcheck.IMAP: ep("192.168.1.22", 143), imapcheck.POP3: ep("192.168.1.22", 110)},
 				},
 				"mailhost02": {
 					Name:  "mailhost02",
-					Proxy: eps{IMAP: ep("192.168.1.33", 143), POP3: ep("192.168.1.33", 110), SMTP: ep("192.168.1.33", 25)},
-					Check: eps{IMAP: ep("192.168.1.33", 143), POP3: ep("192.168.1.33", 110)},
+					Proxy: eps{imapcheck.IMAP: ep("192.168.1.33", 143), imapcheck.POP3: ep("192.168.1.33", 110), imapcheck.SMTP: ep("192.168.1.33", 25)},
+					Check: eps{imapcheck.IMAP: ep("192.168.1.33", 143), imapcheck.POP3: ep("192.168.1.33", 110)},
 				},
 			},
 		},
@@ -49,13 +51,13 @@ func TestParseBackends(t *testing.T) {
 			want: map[string]*Backend{
 				"a": {
 					Name:  "a",
-					Proxy: eps{IMAP: ep("2001:db8::1", 143), POP3: ep("2001:db8::1", 110), SMTP: ep("2001:db8::1", 25)},
-					Check: eps{IMAP: ep("2001:db8::1", 143), POP3: ep("2001:db8::1", 110)},
+					Proxy: eps{imapcheck.IMAP: ep("2001:db8::1", 143), imapcheck.POP3: ep("2001:db8::1", 110), imapcheck.SMTP: ep("2001:db8::1", 25)},
+					Check: eps{imapcheck.IMAP: ep("2001:db8::1", 143), imapcheck.POP3: ep("2001:db8::1", 110)},
 				},
 				"b": {
 					Name:  "b",
-					Proxy: eps{IMAP: ep("2001:db8::2", 143), POP3: ep("2001:db8::2", 110), SMTP: ep("2001:db8::2", 25)},
-					Check: eps{IMAP: ep("2001:db8::2", 143), POP3: ep("2001:db8::2", 110)},
+					Proxy: eps{imapcheck.IMAP: ep("2001:db8::2", 143), imapcheck.POP3: ep("2001:db8::2", 110), imapcheck.SMTP: ep("2001:db8::2", 25)},
+					Check: eps{imapcheck.IMAP: ep("2001:db8::2", 143), imapcheck.POP3: ep("2001:db8::2", 110)},
 				},
 			},
 		},
@@ -66,13 +68,13 @@ func TestParseBackends(t *testing.T) {
 			want: map[string]*Backend{
 				"m.x_1": {
 					Name:  "m.x_1",
-					Proxy: eps{IMAP: ep("mail.example.org.", 1143), POP3: ep("mail.example.org.", 1110), SMTP: ep("mail.example.org.", 1025)},
-					Check: eps{IMAP: ep("mail.example.org.", 1143), POP3: ep("mail.example.org.", 1110)},
+					Proxy: eps{imapcheck.IMAP: ep("mail.example.org.", 1143), imapcheck.POP3: ep("mail.example.org.", 1110), imapcheck.SMTP: ep("mail.example.org.", 1025)},
+					Check: eps{imapcheck.IMAP: ep("mail.example.org.", 1143), imapcheck.POP3: ep("mail.example.org.", 1110)},
 				},
 				"v4": {
 					Name:  "v4",
-					Proxy: eps{IMAP: ep("10.0.0.1", 1143), POP3: ep("10.0.0.1", 1110), SMTP: ep("10.0.0.1", 1025)},
-					Check: eps{IMAP: ep("10.0.0.1", 1143), POP3: ep("10.0.0.1", 1110)},
+					Proxy: eps{imapcheck.IMAP: ep("10.0.0.1", 1143), imapcheck.POP3: ep("10.0.0.1", 1110), imapcheck.SMTP: ep("10.0.0.1", 1025)},
+					Check: eps{imapcheck.IMAP: ep("10.0.0.1", 1143), imapcheck.POP3: ep("10.0.0.1", 1110)},
 				},
 			},
 		},
@@ -83,8 +85,8 @@ func TestParseBackends(t *testing.T) {
 			want: map[string]*Backend{
 				"m": {
 					Name:  "m",
-					Proxy: eps{IMAP: ep("mail.example.org", 143), POP3: ep("mail.example.org", 110), SMTP: ep("mail.example.org", 25)},
-					Check: eps{IMAP: ep("mail.example.org", 993), POP3: ep("mail.example.org", 995)},
+					Proxy: eps{imapcheck.IMAP: ep("mail.example.org", 143), imapcheck.POP3: ep("mail.example.org", 110), imapcheck.SMTP: ep("mail.example.org", 25)},
+					Check: eps{imapcheck.IMAP: ep("mail.example.org", 993), imapcheck.POP3: ep("mail.example.org", 995)},
 				},
 			},
 			implicitTLS: true,
@@ -96,13 +98,13 @@ func TestParseBackends(t *testing.T) {
 			want: map[string]*Backend{
 				"server3": {
 					Name:  "server3",
-					Proxy: eps{IMAP: ep("127.0.0.1", 9143), POP3: ep("127.0.0.1", 9110)},
-					Check: eps{IMAP: ep("127.0.0.1", 9143), POP3: ep("127.0.0.1", 9110)},
+					Proxy: eps{imapcheck.IMAP: ep("127.0.0.1", 9143), imapcheck.POP3: ep("127.0.0.1", 9110)},
+					Check: eps{imapcheck.IMAP: ep("127.0.0.1", 9143), imapcheck.POP3: ep("127.0.0.1", 9110)},
 				},
 				"server4": {
 					Name:  "server4",
-					Proxy: eps{IMAP: ep("127.0.0.1", 9144)},
-					Check: eps{IMAP: ep("127.0.0.1", 9144)},
+					Proxy: eps{imapcheck.IMAP: ep("127.0.0.1", 9144)},
+					Check: eps{imapcheck.IMAP: ep("127.0.0.1", 9144)},
 				},
 			},
 		},
@@ -113,8 +115,8 @@ func TestParseBackends(t *testing.T) {
 			want: map[string]*Backend{
 				"s": {
 					Name:  "s",
-					Proxy: eps{IMAP: ep("::1", 1143), POP3: ep("::1", 1110), SMTP: ep("mx.example", 2525)},
-					Check: eps{IMAP: ep("::1", 1143), POP3: ep("::1", 1110)},
+					Proxy: eps{imapcheck.IMAP: ep("::1", 1143), imapcheck.POP3: ep("::1", 1110), imapcheck.SMTP: ep("mx.example", 2525)},
+					Check: eps{imapcheck.IMAP: ep("::1", 1143), imapcheck.POP3: ep("::1", 1110)},
 				},
 			},
 		},
@@ -126,21 +128,21 @@ func TestParseBackends(t *testing.T) {
 			want: map[string]*Backend{
 				"s": {
 					Name:  "s",
-					Proxy: eps{IMAP: ep("10.0.0.1", 143), POP3: ep("10.0.0.1", 110)},
-					Check: eps{IMAP: ep("10.0.0.2", 9993), POP3: ep("10.0.0.1", 995)},
+					Proxy: eps{imapcheck.IMAP: ep("10.0.0.1", 143), imapcheck.POP3: ep("10.0.0.1", 110)},
+					Check: eps{imapcheck.IMAP: ep("10.0.0.2", 9993), imapcheck.POP3: ep("10.0.0.1", 995)},
 				},
 			},
 		},
 		{
-			name:        "URL form, implicit TLS, SMTP-only proxy checked over imaps",
+			name:        "URL form, implicit TLS, imapcheck.SMTP-only proxy checked over imaps",
 			spec:        "s=smtp://mx:587,imaps://imap.example",
 			ports:       stdPorts,
 			implicitTLS: true,
 			want: map[string]*Backend{
 				"s": {
 					Name:  "s",
-					Proxy: eps{SMTP: ep("mx", 587)},
-					Check: eps{IMAP: ep("imap.example", 993)},
+					Proxy: eps{imapcheck.SMTP: ep("mx", 587)},
+					Check: eps{imapcheck.IMAP: ep("imap.example", 993)},
 				},
 			},
 		},
@@ -151,8 +153,8 @@ func TestParseBackends(t *testing.T) {
 			want: map[string]*Backend{
 				"s": {
 					Name:  "s",
-					Proxy: eps{IMAP: ep("h", 143)},
-					Check: eps{IMAP: ep("h", 143)},
+					Proxy: eps{imapcheck.IMAP: ep("h", 143)},
+					Check: eps{imapcheck.IMAP: ep("h", 143)},
 				},
 			},
 		},

@@ -97,13 +97,13 @@ func OpenUsersFile(path string, backends map[string]*Backend, lineDefault *Backe
 	return u, nil
 }
 
-// Select returns the backend the file gives user.
-func (u *UsersFile) Select(user string) (*Backend, bool) {
+// Select returns the backend the file gives user, nil for a user it does
+// not list.
+func (u *UsersFile) Select(_ context.Context, user string) (*Backend, error) {
 	if user == "" {
-		return nil, false
+		return nil, nil
 	}
-	b, ok := (*u.table.Load())[foldUser(user)]
-	return b, ok
+	return (*u.table.Load())[foldUser(user)], nil
 }
 
 // Len returns the number of users in the current table.

@@ -44,13 +44,16 @@ func (o Outcome) String() string {
 	return "unknown"
 }
 
-// Protocol is the protocol a check logs in with.
+// Protocol is a mail protocol, named as nginx names it in Auth-Protocol.
+// A check logs in with IMAP or POP3; SMTP is only ever proxied (nginx does
+// not log in to SMTP backends) and probed.
 type Protocol string
 
-// The protocols a check can use.
+// The mail protocols.
 const (
 	IMAP Protocol = "imap"
 	POP3 Protocol = "pop3"
+	SMTP Protocol = "smtp"
 )
 
 // Security is how a check protects the connection to the server.

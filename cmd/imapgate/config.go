@@ -197,7 +197,7 @@ func newService(cfg config, logOut io.Writer) (*service, error) {
 		if err != nil {
 			return nil, settingError("USERS_FILE", "%v", err)
 		}
-		chain = append(chain, svc.usersFile)
+		chain = append(chain, backend.Rule{Name: backend.RuleUsersFile, Selector: svc.usersFile})
 	} else if cfg.UsersFileBackend != "" {
 		return nil, settingError("USERS_FILE_BACKEND", "set, but IMAPGATE_USERS_FILE is not")
 	}
@@ -206,14 +206,14 @@ func newService(cfg config, logOut io.Writer) (*service, error) {
 		if err != nil {
 			return nil, settingError("FIRST_LETTER", "%v", err)
 		}
-		chain = append(chain, fl)
+		chain = append(chain, backend.Rule{Name: backend.RuleFirstLetter, Selector: fl})
 	}
 	def, err := named("DEFAULT_BACKEND", cfg.DefaultBackend)
 	if err != nil {
 		return nil, err
 	}
 	if def != nil {
-		chain = append(chain, backend.Static{Backend: def})
+		chain = append(chain, backend.Rule{Name: backend.RuleDefault, Selector: backend.Static{Backend: def}})
 	}
 	if len(chain) == 0 {
 		return nil, settingError("DEFAULT_BACKEND", "no rule selects a backend: set IMAPGATE_DEFAULT_BACKEND, IMAPGATE_FIRST_LETTER or IMAPGATE_USERS_FILE")
@@ -223,7 +223,7 @@ func newService(cfg config, logOut io.Writer) (*service, error) {
 		return nil, err
 	}
 	if relay != nil {
-		if _, ok := relay.Proxy[backend.SMTP]; !ok {
+		if _, ok := relay.Proxy[imapcheck.SMTP]; !ok {
 			return nil, settingError("SMTP_RELAY", "backend %q has no smtp address", cfg.SMTPRelay)
 		}
 	}
@@ -285,7 +285,7 @@ func newService(cfg config, logOut io.Writer) (*service, error) {
 		// A probe is a connect and a greeting: if that takes longer than a
 		// login may, the backend is as good as down.
 		Timeout: min(cfg.VerifyTimeout, 3*time.Second),
-		OnChange: func(name string, proto backend.Protocol, addr string, up bool, err error) {
+		OnChange: func(name string, proto imapcheck.Protocol, addr string, up bool, err error) {
 			metrics.BackendUp(name, string(proto), up)
 			if up {
 				logger.Info("backend up", "backend", name, "protocol", string(proto), "addr", addr)
@@ -296,7 +296,7 @@ func newService(cfg config, logOut io.Writer) (*service, error) {
 	}
 
 	svc.handler = &auth.Handler{
-		Selector: chain,
+		Routes: chain,
 		Verifier: &imapcheck.Verifier{
 			Security:  security,
 			TLSConfig: tlsConfig,

@@ -131,9 +131,9 @@ func TestConfigDefaults(t *testing.T) {
 		t.Errorf("defaults: %+v", svc.cfg)
 	}
 	for user, want := range map[string]string{"alice": "mailhost01", "george": "mailhost01", "bob": "mailhost02"} {
-		b, ok := svc.handler.Selector.Select(user)
-		if !ok || b.Name != want {
-			t.Errorf("Select(%q) = %v, %v; want %s", user, b, ok, want)
+		r, err := svc.handler.Routes.Route(context.Background(), user)
+		if err != nil || r.Backend == nil || r.Backend.Name != want {
+			t.Errorf("Route(%q) = %+v, %v; want %s", user, r, err, want)
 		}
 	}
 	if svc.handler.CacheTTL.String() != "5m0s" || svc.handler.Limits.PerPair != 10 || len(svc.handler.AllowFrom) != 0 {
