@@ -33,6 +33,8 @@ integration: deps
 ## fuzz: each fuzz target for FUZZTIME (the committed corpora run in `make test` too)
 FUZZTIME ?= 10s
 fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzReadRequest$$' -fuzztime $(FUZZTIME) ./auth/http1
+	$(GO) test -run '^$$' -fuzz '^FuzzRawRequest$$' -fuzztime $(FUZZTIME) ./auth
 	$(GO) test -run '^$$' -fuzz '^FuzzHandler$$' -fuzztime $(FUZZTIME) ./auth
 	$(GO) test -run '^$$' -fuzz '^FuzzUnescape$$' -fuzztime $(FUZZTIME) ./auth
 	$(GO) test -run '^$$' -fuzz '^FuzzPOP3Reply$$' -fuzztime $(FUZZTIME) ./imapcheck

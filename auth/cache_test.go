@@ -63,7 +63,7 @@ func TestFingerprintFieldsAreSeparated(t *testing.T) {
 	if fp.digest("ab", "c") == fp.digest("a", "bc") {
 		t.Error("field boundaries are not part of the digest")
 	}
-	if fp.digest("a") != fp.digest("a") {
+	if first, again := fp.digest("a"), fp.digest("a"); first != again {
 		t.Error("digest is not stable")
 	}
 	if newFingerprinter().digest("a") == fp.digest("a") {
@@ -78,7 +78,7 @@ func TestHandlerCacheSavesBackendLogins(t *testing.T) {
 	h.CacheTTL = time.Minute
 
 	for range 30 {
-		if w := serve(h, nginxHeader()); w.Header().Get("Auth-Status") != "OK" {
+		if w := serve(t, h, nginxHeader()); w.Header().Get("Auth-Status") != "OK" {
 			t.Fatalf("answer %v", w.Header())
 		}
 	}
@@ -88,16 +88,16 @@ func TestHandlerCacheSavesBackendLogins(t *testing.T) {
 	// Another password is checked, and a refusal drops the cached one:
 	// it may mean the password was changed.
 	v.outcome = imapcheck.Rejected
-	if w := serve(h, nginxHeader("Auth-Pass", "other")); w.Header().Get("Auth-Status") != StatusInvalid {
+	if w := serve(t, h, nginxHeader("Auth-Pass", "other")); w.Header().Get("Auth-Status") != StatusInvalid {
 		t.Fatalf("answer %v", w.Header())
 	}
 	v.outcome = imapcheck.OK
-	serve(h, nginxHeader())
+	serve(t, h, nginxHeader())
 	if len(v.calls) != 3 {
 		t.Errorf("after a refusal the old password was not checked again: %d checks", len(v.calls))
 	}
 	// SMTP and IMAP logins are both checked over IMAP: one entry serves both.
-	serve(h, nginxHeader("Auth-Protocol", "smtp"))
+	serve(t, h, nginxHeader("Auth-Protocol", "smtp"))
 	if len(v.calls) != 3 {
 		t.Errorf("SMTP login after IMAP login made a check: %d checks", len(v.calls))
 	}
@@ -111,7 +111,7 @@ func TestHandlerCacheOff(t *testing.T) {
 	var log bytes.Buffer
 	h := newTestHandler(t, v, &log)
 	for range 3 {
-		serve(h, nginxHeader())
+		serve(t, h, nginxHeader())
 	}
 	if len(v.calls) != 3 {
 		t.Errorf("with the cache off, 3 logins made %d checks", len(v.calls))
@@ -157,7 +157,7 @@ func TestHandlerCoalescesConcurrentChecks(t *testing.T) {
 		var wg sync.WaitGroup
 		answers := make([]http.Header, 10)
 		for i := range answers {
-			wg.Go(func() { answers[i] = serve(h, nginxHeader()).Header() })
+			wg.Go(func() { answers[i] = serve(t, h, nginxHeader()).Header() })
 		}
 		// Every request is now either in the one check or waiting for it.
 		synctest.Wait()
@@ -172,8 +172,8 @@ func TestHandlerCoalescesConcurrentChecks(t *testing.T) {
 			t.Errorf("10 concurrent identical logins made %d checks, want 1", n)
 		}
 		// Different passwords are never shared.
-		go serve(h, nginxHeader("Auth-Pass", "one"))
-		go serve(h, nginxHeader("Auth-Pass", "two"))
+		go serve(t, h, nginxHeader("Auth-Pass", "one"))
+		go serve(t, h, nginxHeader("Auth-Pass", "two"))
 		synctest.Wait()
 		if n := v.count(); n != 3 {
 			t.Errorf("two different passwords made %d checks, want 2 more", n-1)
@@ -192,7 +192,7 @@ func TestHandlerBoundsChecksPerBackend(t *testing.T) {
 		h.Verifier = v
 		h.MaxChecks = 2
 		for _, pass := range []string{"one", "two", "three"} {
-			go serve(h, nginxHeader("Auth-Pass", pass))
+			go serve(t, h, nginxHeader("Auth-Pass", pass))
 		}
 		synctest.Wait()
 		if n := v.count(); n != 2 {
@@ -217,9 +217,9 @@ func TestHandlerSlotWaitEnds(t *testing.T) {
 		h.Verifier = v
 		h.MaxChecks = 1
 		h.Timeout = time.Second
-		go serve(h, nginxHeader("Auth-Pass", "one"))
+		go serve(t, h, nginxHeader("Auth-Pass", "one"))
 		synctest.Wait()
-		w := serve(h, nginxHeader("Auth-Pass", "two")) // waits a fake second
+		w := serve(t, h, nginxHeader("Auth-Pass", "two")) // waits a fake second
 		if got := w.Header().Get("Auth-Status"); got != StatusTemporary {
 			t.Errorf("no slot until the deadline: Auth-Status %q", got)
 		}

@@ -1,13 +1,13 @@
 package auth
 
 import (
-	"errors"
+	"bufio"
 	"log/slog"
 	"net/http"
-	"net/http/httptest"
 	"strings"
 	"testing"
 
+	"github.com/imapgate/imapgate/auth/http1"
 	"github.com/imapgate/imapgate/backend"
 	"github.com/imapgate/imapgate/imapcheck"
 )
@@ -52,36 +52,64 @@ func nginxEscape(s string) string {
 	return b.String()
 }
 
-// FuzzHandler sends arbitrary header values through the whole handler:
-// it always answers with an Auth-Status, never panics, and never
-// answers OK to a malformed request.
+// FuzzHandler sends arbitrary header values, as a request head, through
+// the production server and the whole handler: it always answers with an
+// Auth-Status, never panics, and never answers OK to a malformed request.
 func FuzzHandler(f *testing.F) {
 	f.Add("plain", "alice", "secret", "imap", "1", "192.0.2.1")
 	f.Add("none", "", "", "smtp", "1", "192.0.2.1")
 	f.Add("cram-md5", "a%20b", "%zz", "pop3", "0", "::1")
 	f.Add("PLAIN", "zoe", "p%25", "IMAP", "99999999999999999999", "garbage")
 	f.Fuzz(func(t *testing.T, method, user, pass, proto, attempt, ip string) {
-		h := &Handler{Routes: fuzzRoutes(t), Verifier: &fakeVerifier{outcome: imapcheck.OK}, Resolver: fakeResolver{}}
-		r := httptest.NewRequest("GET", "/mail/auth.php", nil)
-		r.Header = http.Header{}
+		h := &Handler{Routes: fuzzRoutes(t), Verifier: &fakeVerifier{outcome: imapcheck.OK}, Resolver: fakeResolver{}, Logger: discard}
+		header := http.Header{}
 		for name, v := range map[string]string{"Auth-Method": method, "Auth-User": user, "Auth-Pass": pass,
 			"Auth-Protocol": proto, "Auth-Login-Attempt": attempt, "Client-IP": ip} {
-			r.Header[name] = []string{v}
+			header[name] = []string{v}
 		}
-		h.Logger = discard
-		w := httptest.NewRecorder()
-		h.ServeHTTP(w, r)
-		status := w.Header().Get("Auth-Status")
-		if status == "" {
-			t.Fatalf("no Auth-Status for %v", r.Header)
-		}
-		if _, err := ParseRequest(r.Header); errors.Is(err, ErrMalformed) && status == StatusOK {
-			t.Errorf("OK for a malformed request %v", r.Header)
-		}
-		if status == "WAIT" {
-			t.Errorf("WAIT answered")
-		}
+		checkAnswer(t, rawRequest(header), rawRoundTrip(t, h, rawRequest(header)))
 	})
+}
+
+// FuzzRawRequest sends arbitrary bytes to the production server and the
+// whole handler, starting from requests nginx really sent (the corpus in
+// testdata/fuzz/FuzzRawRequest, recorded by the integration suite).
+func FuzzRawRequest(f *testing.F) {
+	f.Add([]byte(nginxRequest()))
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		h := &Handler{Routes: fuzzRoutes(t), Verifier: &fakeVerifier{outcome: imapcheck.OK}, Resolver: fakeResolver{}, Logger: discard}
+		checkAnswer(t, string(raw), rawRoundTrip(t, h, string(raw)))
+	})
+}
+
+// checkAnswer checks what imapgate answered to raw: nothing (the head
+// never ended), or a response with an Auth-Status that is OK only when
+// the request parses as a login, and never WAIT.
+func checkAnswer(t *testing.T, raw, out string) {
+	t.Helper()
+	if out == "" {
+		return
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(strings.NewReader(out)), nil)
+	if err != nil {
+		t.Fatalf("unreadable answer %q to %q: %v", out, raw, err)
+	}
+	status := resp.Header.Get("Auth-Status")
+	if status == "" && resp.StatusCode != http.StatusForbidden {
+		t.Fatalf("no Auth-Status in %q for %q", out, raw)
+	}
+	if status == StatusOK {
+		head, err := http1.ReadRequest(bufio.NewReader(strings.NewReader(raw)), 16<<10, RequestFields)
+		if err != nil {
+			t.Fatalf("OK for a head that does not parse: %q", raw)
+		}
+		if _, err := parseRequest(head.Header); err != nil {
+			t.Fatalf("OK for a malformed request %q: %v", raw, err)
+		}
+	}
+	if status == "WAIT" {
+		t.Errorf("WAIT answered")
+	}
 }
 
 var discard = slog.New(slog.DiscardHandler)

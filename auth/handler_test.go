@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
-	"net/http/httptest"
 	"net/netip"
 	"strings"
 	"sync"
@@ -78,12 +77,20 @@ func newTestHandler(t *testing.T, v *fakeVerifier, log *bytes.Buffer) *Handler {
 	}
 }
 
-func serve(h http.Handler, header http.Header) *httptest.ResponseRecorder {
-	r := httptest.NewRequest("GET", "/mail/auth.php", nil)
-	r.Header = header
-	w := httptest.NewRecorder()
-	h.ServeHTTP(w, r)
-	return w
+// answered is a response as the tests look at it.
+type answered struct {
+	Code   int
+	header http.Header
+}
+
+func (a answered) Header() http.Header { return a.header }
+
+// serve sends header to h, as nginx would, through the production HTTP
+// server and request parser.
+func serve(t testing.TB, h *Handler, header http.Header) answered {
+	t.Helper()
+	resp := roundTrip(t, h, rawRequest(header))
+	return answered{resp.StatusCode, resp.Header}
 }
 
 // client is the Client-IP nginxHeader sends.
@@ -240,7 +247,7 @@ func TestHandlerOutcomes(t *testing.T) {
 			noCheck:  true,
 			header:   nginxHeader("Auth-Method", "none"),
 			want:     map[string]string{"Auth-Status": StatusMalformed},
-			wantCode: http.StatusOK,
+			wantCode: http.StatusBadRequest,
 		},
 		{
 			name:     "garbled request answered, not crashed",
@@ -262,7 +269,7 @@ func TestHandlerOutcomes(t *testing.T) {
 			v := &fakeVerifier{outcome: tt.outcome, err: tt.err}
 			var log bytes.Buffer
 			h := newTestHandler(t, v, &log)
-			w := serve(h, tt.header)
+			w := serve(t, h, tt.header)
 			wantCode := tt.wantCode
 			if wantCode == 0 {
 				wantCode = http.StatusOK
@@ -298,7 +305,7 @@ func TestHandlerRelay(t *testing.T) {
 	var log bytes.Buffer
 	h := newTestHandler(t, v, &log)
 	h.SMTPRelay = testBackends(t)["mailhost02"]
-	w := serve(h, nginxHeader("Auth-Method", "none", "Auth-Protocol", "smtp", "Auth-User", "", "Auth-Pass", ""))
+	w := serve(t, h, nginxHeader("Auth-Method", "none", "Auth-Protocol", "smtp", "Auth-User", "", "Auth-Pass", ""))
 	if got := w.Header(); got.Get("Auth-Status") != "OK" || got.Get("Auth-Server") != "2001:db8::33" || got.Get("Auth-Port") != "25" {
 		t.Errorf("relay answer %v", got)
 	}
@@ -312,7 +319,7 @@ func TestHandlerSMTPVerifiedWithPOP3(t *testing.T) {
 	var log bytes.Buffer
 	h := newTestHandler(t, v, &log)
 	h.SMTPVerify = imapcheck.POP3
-	w := serve(h, nginxHeader("Auth-Protocol", "smtp"))
+	w := serve(t, h, nginxHeader("Auth-Protocol", "smtp"))
 	if w.Header().Get("Auth-Port") != "25" || len(v.calls) != 1 || v.calls[0].Protocol != imapcheck.POP3 || v.calls[0].Address != "192.0.2.22:110" {
 		t.Errorf("answer %v after checks %+v", w.Header(), v.calls)
 	}
@@ -324,26 +331,27 @@ func TestHandlerSharedSecret(t *testing.T) {
 	h := newTestHandler(t, v, &log)
 	h.SharedSecret = "s3cr3t value"
 
-	w := serve(h, nginxHeader())
+	w := serve(t, h, nginxHeader())
 	if w.Code != http.StatusForbidden || w.Header().Get("Auth-Status") != "" || len(v.calls) != 0 {
 		t.Errorf("without the secret: %d %v, %d checks", w.Code, w.Header(), len(v.calls))
 	}
-	w = serve(h, nginxHeader("X-Imapgate-Secret", "s3cr3t valu"))
+	w = serve(t, h, nginxHeader("X-Imapgate-Secret", "s3cr3t valu"))
 	if w.Code != http.StatusForbidden {
 		t.Errorf("with a wrong secret: %d", w.Code)
 	}
-	w = serve(h, nginxHeader("X-Imapgate-Secret", "s3cr3t value"))
+	w = serve(t, h, nginxHeader("X-Imapgate-Secret", "s3cr3t value"))
 	if w.Code != http.StatusOK || w.Header().Get("Auth-Status") != "OK" {
 		t.Errorf("with the secret: %d %v", w.Code, w.Header())
 	}
 }
 
 func TestHandlerCertificateErrorIsLoud(t *testing.T) {
+	// imapcheck says what the error is; the handler only listens.
 	certErr := &tls.CertificateVerificationError{Err: x509.UnknownAuthorityError{}}
-	v := &fakeVerifier{outcome: imapcheck.Temporary, err: fmt.Errorf("tls handshake: %w", certErr)}
+	v := &fakeVerifier{outcome: imapcheck.Temporary, err: fmt.Errorf("%w: %w", imapcheck.ErrUntrustedCertificate, certErr)}
 	var log bytes.Buffer
 	h := newTestHandler(t, v, &log)
-	w := serve(h, nginxHeader())
+	w := serve(t, h, nginxHeader())
 	if w.Header().Get("Auth-Status") != StatusTemporary {
 		t.Errorf("Auth-Status = %q", w.Header().Get("Auth-Status"))
 	}
@@ -359,26 +367,16 @@ func TestResponseFitsNginxBuffer(t *testing.T) {
 	v := &fakeVerifier{outcome: imapcheck.Temporary}
 	var log bytes.Buffer
 	h := newTestHandler(t, v, &log)
-	srv := httptest.NewServer(h)
-	defer srv.Close()
 	for _, header := range []http.Header{
 		nginxHeader("Auth-Protocol", "smtp"),
 		nginxHeader("Auth-Method", "cram-md5", "Auth-Protocol", "smtp"),
 		nginxHeader("Auth-User", "zoe"),
 	} {
-		req, _ := http.NewRequest("GET", srv.URL+"/mail/auth.php", nil)
-		req.Header = header
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
+		raw := rawRoundTrip(t, h, rawRequest(header))
+		if n := len(raw); n > 512 {
+			t.Errorf("response head is %d bytes, want well under 1024:\n%s", n, raw)
 		}
-		var head bytes.Buffer
-		resp.Header.Write(&head)
-		resp.Body.Close()
-		// Status line plus headers plus the blank line.
-		if n := len("HTTP/1.1 200 OK\r\n") + head.Len() + 2; n > 512 {
-			t.Errorf("response head is %d bytes, want well under 1024:\n%s", n, head.String())
-		}
+		resp := parseResponse(t, raw)
 		for name := range resp.Header {
 			for _, c := range name {
 				if !(c == '-' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9') {
@@ -397,12 +395,12 @@ func TestHandlerAllowFrom(t *testing.T) {
 	var log bytes.Buffer
 	h := newTestHandler(t, v, &log)
 	h.AllowFrom = []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}
-	// httptest's requests come from 192.0.2.1.
-	if w := serve(h, nginxHeader()); w.Code != http.StatusForbidden || len(v.calls) != 0 {
+	// roundTrip's requests come from testPeer, 192.0.2.1.
+	if w := serve(t, h, nginxHeader()); w.Code != http.StatusForbidden || len(v.calls) != 0 {
 		t.Errorf("peer outside IMAPGATE_ALLOW_FROM: %d, %d checks", w.Code, len(v.calls))
 	}
 	h.AllowFrom = append(h.AllowFrom, netip.MustParsePrefix("192.0.2.0/24"))
-	if w := serve(h, nginxHeader()); w.Code != http.StatusOK || w.Header().Get("Auth-Status") != "OK" {
+	if w := serve(t, h, nginxHeader()); w.Code != http.StatusOK || w.Header().Get("Auth-Status") != "OK" {
 		t.Errorf("peer inside IMAPGATE_ALLOW_FROM: %d %v", w.Code, w.Header())
 	}
 }
@@ -415,7 +413,7 @@ func TestHandlerUncarriableCredentials(t *testing.T) {
 		nginxHeader("Auth-Protocol", "pop3", "Auth-Pass", "pass%0D%0AQUIT"),
 		nginxHeader("Auth-Pass", "nul%00byte"),
 	} {
-		w := serve(h, hdr)
+		w := serve(t, h, hdr)
 		if got := w.Header().Get("Auth-Status"); got != StatusInvalid {
 			t.Errorf("Auth-Status %q for %v", got, hdr)
 		}
@@ -427,7 +425,7 @@ func TestHandlerUncarriableCredentials(t *testing.T) {
 		t.Errorf("a client's bytes were logged as an operator's problem:\n%s", log.String())
 	}
 	// CR and LF go to an IMAP server as a literal.
-	serve(h, nginxHeader("Auth-Pass", "line%0D%0Abreak"))
+	serve(t, h, nginxHeader("Auth-Pass", "line%0D%0Abreak"))
 	if len(v.calls) != 1 {
 		t.Errorf("IMAP password with CR LF was not checked")
 	}

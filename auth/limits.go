@@ -128,7 +128,7 @@ func (l *limiter) trusted(ip netip.Addr) bool {
 // limit applied (pair, user or network) and why. When it is not refused,
 // the check is counted as in flight until end: a password not yet known
 // wrong counts against the limits while its check runs.
-func (l *limiter) begin(user string, ip netip.Addr, fingerprint uint64) (blocked bool, limit, why string) {
+func (l *limiter) begin(user string, ip netip.Addr, fingerprint uint64) (blocked bool, limit string, why Reason) {
 	if l == nil || l.trusted(ip) {
 		return false, "", ""
 	}
@@ -137,16 +137,16 @@ func (l *limiter) begin(user string, ip netip.Addr, fingerprint uint64) (blocked
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.over(keys[0], fingerprint, l.limits.PerPair, now) {
-		return true, "pair", "too many wrong passwords for this user from this network"
+		return true, "pair", ReasonTooManyForPair
 	}
 	if !l.live(recordKey{kindGood, user, keys[0].network}, now) {
 		// Not the owner's own network: the locks an attacker elsewhere
 		// can set off apply.
 		if l.over(keys[1], fingerprint, l.limits.PerUser, now) {
-			return true, "user", "too many wrong passwords for this user"
+			return true, "user", ReasonTooManyForUser
 		}
 		if l.over(keys[2], fingerprint, l.limits.PerNetwork, now) {
-			return true, "network", "too many wrong passwords from this network"
+			return true, "network", ReasonTooManyFromNetwork
 		}
 	}
 	for _, k := range keys {

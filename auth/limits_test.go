@@ -19,7 +19,7 @@ func testLimiter(l Limits) (*limiter, *time.Time) {
 
 // check asks begin about a password not tried before, and ends the check
 // at once: the limits as a login that is about to be checked sees them.
-func (l *limiter) check(user string, ip netip.Addr) (bool, string, string) {
+func (l *limiter) check(user string, ip netip.Addr) (bool, string, Reason) {
 	const fresh = 1 << 63
 	blocked, limit, why := l.begin(user, ip, fresh)
 	if !blocked {
@@ -176,7 +176,7 @@ func TestNetwork(t *testing.T) {
 	}
 }
 
-// TestHandlerLimitsGuessing is issue 4's example: 40 distinct wrong
+// TestHandlerLimitsGuessing: 40 distinct wrong
 // passwords for one account from one network reach the backend at most
 // PerPair times, while the owner logs in from another network.
 func TestHandlerLimitsGuessing(t *testing.T) {
@@ -187,7 +187,7 @@ func TestHandlerLimitsGuessing(t *testing.T) {
 	h.Limits = &limits
 
 	for i := range 40 {
-		w := serve(h, nginxHeader("Auth-Pass", fmt.Sprintf("guess%d", i), "Client-IP", "203.0.113.50"))
+		w := serve(t, h, nginxHeader("Auth-Pass", fmt.Sprintf("guess%d", i), "Client-IP", "203.0.113.50"))
 		if got := w.Header().Get("Auth-Status"); got != StatusInvalid {
 			t.Fatalf("guess %d: Auth-Status %q", i, got)
 		}
@@ -196,7 +196,7 @@ func TestHandlerLimitsGuessing(t *testing.T) {
 		t.Errorf("40 guesses reached the backend %d times, want at most %d", n, limits.PerPair)
 	}
 	v.outcome = imapcheck.OK
-	w := serve(h, nginxHeader("Client-IP", "198.51.100.7"))
+	w := serve(t, h, nginxHeader("Client-IP", "198.51.100.7"))
 	if got := w.Header().Get("Auth-Status"); got != "OK" {
 		t.Errorf("the owner, from another network: Auth-Status %q", got)
 	}
@@ -205,7 +205,7 @@ func TestHandlerLimitsGuessing(t *testing.T) {
 	}
 	// Auth-Wait grows with the distinct wrong passwords, even at the
 	// first attempt of a new session.
-	w = serve(h, nginxHeader("Auth-Pass", "guess99", "Client-IP", "203.0.113.50"))
+	w = serve(t, h, nginxHeader("Auth-Pass", "guess99", "Client-IP", "203.0.113.50"))
 	if got := w.Header().Get("Auth-Wait"); got != "10" {
 		t.Errorf("Auth-Wait for a throttled network = %q, want 10", got)
 	}

@@ -73,9 +73,10 @@ func (m *Metrics) BackendUp(backend, protocol string, up bool) {
 	m.backendUp.WithLabelValues(backend, protocol).Set(v)
 }
 
-func (m *Metrics) request(protocol, outcome string) {
+// request counts an answered request by its protocol and verdict.
+func (m *Metrics) request(protocol string, v Verdict) {
 	if m != nil {
-		m.requests.WithLabelValues(protocol, outcome).Inc()
+		m.requests.WithLabelValues(protocol, v.Outcome.String()).Inc()
 	}
 }
 

@@ -22,13 +22,13 @@ func TestMetrics(t *testing.T) {
 	limits := Limits{PerPair: 1, Window: time.Minute}
 	h.Limits = &limits
 
-	serve(h, nginxHeader())                        // miss, check ok
-	serve(h, nginxHeader())                        // hit
-	serve(h, nginxHeader("Auth-Protocol", "pop3")) // miss (POP3 check), ok
+	serve(t, h, nginxHeader())                        // miss, check ok
+	serve(t, h, nginxHeader())                        // hit
+	serve(t, h, nginxHeader("Auth-Protocol", "pop3")) // miss (POP3 check), ok
 	v.outcome = imapcheck.Rejected
-	serve(h, nginxHeader("Auth-Pass", "wrong"))  // rejected
-	serve(h, nginxHeader("Auth-Pass", "wrong2")) // throttled
-	serve(h, nginxHeader("Auth-Method", "<absent>"))
+	serve(t, h, nginxHeader("Auth-Pass", "wrong"))  // rejected
+	serve(t, h, nginxHeader("Auth-Pass", "wrong2")) // throttled
+	serve(t, h, nginxHeader("Auth-Method", "<absent>"))
 	h.Metrics.BackendUp("mailhost01", "imap", true)
 
 	for _, tt := range []struct {
@@ -81,9 +81,9 @@ func TestHandlerBackendKnownDown(t *testing.T) {
 	var log bytes.Buffer
 	h := newTestHandler(t, v, &log)
 	h.CacheTTL = time.Minute
-	serve(h, nginxHeader()) // cached now
+	serve(t, h, nginxHeader()) // cached now
 	h.Health = downHealth{}
-	w := serve(h, nginxHeader())
+	w := serve(t, h, nginxHeader())
 	if w.Header().Get("Auth-Status") != StatusTemporary {
 		t.Errorf("login for a backend known down: %v", w.Header())
 	}

@@ -3,18 +3,20 @@
 // selecting the user's backend and verifying the password there, and writes
 // the answer nginx understands.
 //
-// See http://nginx.org/en/docs/mail/ngx_mail_auth_http_module.html#protocol
-// and ../shared/auth_http.md in the design notes.
+// See http://nginx.org/en/docs/mail/ngx_mail_auth_http_module.html#protocol.
+// The HTTP side is package http1; this package knows what nginx asks and
+// what it must be told.
 package auth
 
 import (
 	"errors"
 	"fmt"
-	"net/http"
 	"net/netip"
 	"strconv"
 	"strings"
 	"unicode/utf8"
+
+	"github.com/imapgate/imapgate/auth/http1"
 
 	"github.com/imapgate/imapgate/imapcheck"
 )
@@ -61,110 +63,117 @@ type Request struct {
 	ClientIP netip.Addr
 }
 
-// ErrMalformed is wrapped by every error ParseRequest returns.
+// ErrMalformed is wrapped by every error parseRequest returns.
 var ErrMalformed = errors.New("malformed auth_http request")
 
-// fields is read access to a request's header fields: the first value of
-// the field with the canonical name, and how many times it was sent.
-type fields interface {
-	field(name string) (value string, n int)
+// RequestFields are the header fields an auth_http request is answered
+// from: the only ones the HTTP server needs to keep.
+var RequestFields = []string{
+	"Auth-Method", "Auth-User", "Auth-Pass", "Auth-Protocol", "Auth-Login-Attempt",
+	"Client-IP", secretHeader,
 }
 
-// httpFields are the fields of a request net/http parsed.
-type httpFields http.Header
-
-func (h httpFields) field(name string) (string, int) {
-	values := http.Header(h).Values(name)
-	if len(values) == 0 {
-		return "", 0
+// parseRequest reads nginx's request header fields. It refuses anything
+// nginx would never send (a missing or repeated field, a bad escape, an
+// unknown method or protocol) so that odd input is answered, never
+// guessed at. Error texts never contain the password.
+func parseRequest(h http1.Header) (Request, error) {
+	req := Request{Attempt: 1}
+	for _, field := range []struct {
+		name     string
+		required bool
+		parse    func(req *Request, value string) error
+	}{
+		{"Auth-Method", true, parseMethod},
+		{"Auth-Protocol", true, parseProtocol},
+		{"Auth-User", false, parseUser},
+		{"Auth-Pass", false, parsePassword},
+		{"Auth-Login-Attempt", false, parseAttempt},
+		{"Client-IP", false, parseClientIP},
+	} {
+		value, err := single(h, field.name, field.required)
+		if err != nil {
+			return req, err
+		}
+		if err := field.parse(&req, value); err != nil {
+			return req, err
+		}
 	}
-	return values[0], len(values)
+	return req, nil
 }
 
-// ParseRequest reads nginx's request headers. It refuses anything nginx
-// would never send (a missing or repeated header, a bad escape, an unknown
-// method or protocol) so that odd input is answered, never guessed at.
-// Error texts never contain the password.
-func ParseRequest(h http.Header) (Request, error) {
-	return parseRequest(httpFields(h))
-}
-
-func parseRequest(h fields) (Request, error) {
-	var req Request
-
-	method, err := single(h, "Auth-Method", true)
-	if err != nil {
-		return req, err
-	}
+func parseMethod(req *Request, method string) error {
 	req.Method = Method(strings.ToLower(method))
 	switch req.Method {
 	case MethodPlain, MethodAPOP, MethodCRAMMD5, MethodExternal, MethodNone:
-	default:
-		return req, malformed("unknown Auth-Method %q", truncate(method))
+		return nil
 	}
+	return malformed("unknown Auth-Method %q", truncate(method))
+}
 
-	proto, err := single(h, "Auth-Protocol", true)
-	if err != nil {
-		return req, err
-	}
+func parseProtocol(req *Request, proto string) error {
 	req.Protocol = imapcheck.Protocol(strings.ToLower(proto))
 	switch req.Protocol {
 	case imapcheck.IMAP, imapcheck.POP3, imapcheck.SMTP:
-	default:
-		return req, malformed("unknown Auth-Protocol %q", truncate(proto))
+		return nil
 	}
+	return malformed("unknown Auth-Protocol %q", truncate(proto))
+}
 
-	user, err := single(h, "Auth-User", false)
-	if err != nil {
-		return req, err
-	}
+func parseUser(req *Request, user string) error {
+	var err error
 	if req.User, err = Unescape(user); err != nil {
-		return req, malformed("Auth-User: %v", err)
+		return malformed("Auth-User: %v", err)
 	}
 	if len(req.User) > maxUserBytes {
-		return req, malformed("Auth-User longer than %d bytes", maxUserBytes)
+		return malformed("Auth-User longer than %d bytes", maxUserBytes)
 	}
+	return nil
+}
 
-	pass, err := single(h, "Auth-Pass", false)
-	if err != nil {
-		return req, err
-	}
+func parsePassword(req *Request, pass string) error {
+	var err error
 	// The escape error names only the position, never the password.
 	if req.Password, err = Unescape(pass); err != nil {
-		return req, malformed("Auth-Pass: %v", err)
+		return malformed("Auth-Pass: %v", err)
 	}
 	if len(req.Password) > maxPasswordBytes {
-		return req, malformed("Auth-Pass longer than %d bytes", maxPasswordBytes)
+		return malformed("Auth-Pass longer than %d bytes", maxPasswordBytes)
 	}
+	return nil
+}
 
-	req.Attempt = 1
-	if attempt, err := single(h, "Auth-Login-Attempt", false); err != nil {
-		return req, err
-	} else if attempt != "" {
-		n, err := strconv.Atoi(attempt)
-		if err != nil || n < 1 {
-			return req, malformed("bad Auth-Login-Attempt %q", truncate(attempt))
-		}
-		req.Attempt = n
+// parseAttempt reads Auth-Login-Attempt; absent means the first.
+func parseAttempt(req *Request, attempt string) error {
+	if attempt == "" {
+		return nil
 	}
+	n, err := strconv.Atoi(attempt)
+	if err != nil || n < 1 {
+		return malformed("bad Auth-Login-Attempt %q", truncate(attempt))
+	}
+	req.Attempt = n
+	return nil
+}
 
-	if ip, err := single(h, "Client-IP", false); err != nil {
-		return req, err
-	} else if ip != "" {
-		addr, err := netip.ParseAddr(ip)
-		if err != nil {
-			return req, malformed("bad Client-IP %q", truncate(ip))
-		}
-		req.ClientIP = addr.Unmap()
+// parseClientIP reads Client-IP; absent leaves the zero address.
+func parseClientIP(req *Request, ip string) error {
+	if ip == "" {
+		return nil
 	}
-	return req, nil
+	addr, err := netip.ParseAddr(ip)
+	if err != nil {
+		return malformed("bad Client-IP %q", truncate(ip))
+	}
+	req.ClientIP = addr.Unmap()
+	return nil
 }
 
 // single returns the one value of header name. nginx sends each header at
 // most once; two values mean the request did not come from nginx (or was
 // tampered with), so it is refused rather than resolved either way.
-func single(h fields, name string, required bool) (string, error) {
-	value, n := h.field(name)
+func single(h http1.Header, name string, required bool) (string, error) {
+	value, n := h.Get(name)
 	switch {
 	case n > 1:
 		return "", malformed("%s sent %d times", name, n)

@@ -1,11 +1,14 @@
 package auth
 
 import (
+	"bufio"
 	"errors"
 	"net/http"
 	"net/netip"
 	"strings"
 	"testing"
+
+	"github.com/imapgate/imapgate/auth/http1"
 
 	"github.com/imapgate/imapgate/imapcheck"
 )
@@ -62,8 +65,19 @@ func nginxHeader(kv ...string) http.Header {
 	return h
 }
 
+// parseHeader sends h, as nginx would, through the production head reader
+// and decodes it as an auth_http request.
+func parseHeader(t *testing.T, h http.Header) (Request, error) {
+	t.Helper()
+	head, err := http1.ReadRequest(bufio.NewReader(strings.NewReader(rawRequest(h))), 16<<10, RequestFields)
+	if err != nil {
+		t.Fatalf("head of %v: %v", h, err)
+	}
+	return parseRequest(head.Header)
+}
+
 func TestParseRequest(t *testing.T) {
-	req, err := ParseRequest(nginxHeader("Auth-Pass", "p%20a+s%25s", "Auth-Login-Attempt", "3", "Client-IP", "::ffff:192.0.2.9"))
+	req, err := parseHeader(t, nginxHeader("Auth-Pass", "p%20a+s%25s", "Auth-Login-Attempt", "3", "Client-IP", "::ffff:192.0.2.9"))
 	if err != nil {
 		t.Fatalf("ParseRequest: %v", err)
 	}
@@ -75,7 +89,7 @@ func TestParseRequest(t *testing.T) {
 
 	// nginx sends no Auth-Login-Attempt or Client-IP in no case we know
 	// of, but a missing one is harmless.
-	req, err = ParseRequest(nginxHeader("Auth-Login-Attempt", "<absent>", "Client-IP", "<absent>"))
+	req, err = parseHeader(t, nginxHeader("Auth-Login-Attempt", "<absent>", "Client-IP", "<absent>"))
 	if err != nil || req.Attempt != 1 || req.ClientIP.IsValid() {
 		t.Errorf("ParseRequest without attempt and IP = %+v, %v", req, err)
 	}
@@ -101,7 +115,7 @@ func TestParseRequestMalformed(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := ParseRequest(tt.h)
+			_, err := parseHeader(t, tt.h)
 			if !errors.Is(err, ErrMalformed) || !strings.Contains(err.Error(), tt.want) {
 				t.Errorf("ParseRequest error = %v, want ErrMalformed mentioning %q", err, tt.want)
 			}
@@ -113,7 +127,7 @@ func TestParseRequestMalformed(t *testing.T) {
 
 	dup := nginxHeader()
 	dup.Add("Auth-User", "mallory")
-	if _, err := ParseRequest(dup); !errors.Is(err, ErrMalformed) || !strings.Contains(err.Error(), "Auth-User sent 2 times") {
+	if _, err := parseHeader(t, dup); !errors.Is(err, ErrMalformed) || !strings.Contains(err.Error(), "Auth-User sent 2 times") {
 		t.Errorf("duplicate Auth-User: error = %v", err)
 	}
 }

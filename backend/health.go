@@ -3,12 +3,10 @@ package backend
 import (
 	"github.com/imapgate/imapgate/imapcheck"
 
-	"bufio"
 	"context"
 	"fmt"
 	"net"
 	"sort"
-	"strings"
 	"sync"
 	"time"
 )
@@ -26,7 +24,8 @@ import (
 type Health struct {
 	// Backends are the backends to probe.
 	Backends map[string]*Backend
-	// Interval is the time between probe rounds; 0 means 5s.
+	// Interval is the time between probe rounds; 0 means
+	// DefaultProbeInterval.
 	Interval time.Duration
 	// Timeout bounds one probe; 0 means 3s.
 	Timeout time.Duration
@@ -40,6 +39,10 @@ type Health struct {
 	mu    sync.Mutex
 	state map[healthKey]bool // absent: not probed yet
 }
+
+// DefaultProbeInterval is the time between probe rounds when
+// Health.Interval is zero.
+const DefaultProbeInterval = 5 * time.Second
 
 // minRecheck is the least time between two probe rounds that Recheck
 // asks for, so that a burst of logins for a dead backend cannot turn
@@ -136,7 +139,7 @@ func (h *Health) targets() []probeTarget {
 func (h *Health) Run(ctx context.Context) {
 	interval := h.Interval
 	if interval <= 0 {
-		interval = 5 * time.Second
+		interval = DefaultProbeInterval
 	}
 	t := time.NewTicker(interval)
 	defer t.Stop()
@@ -210,34 +213,5 @@ func (h *Health) probe(ctx context.Context, t probeTarget) error {
 	}
 	deadline, _ := ctx.Deadline()
 	conn.SetDeadline(deadline)
-	line, err := bufio.NewReaderSize(conn, 512).ReadString('\n')
-	if err != nil {
-		return fmt.Errorf("reading greeting: %w", err)
-	}
-	if !greetingOK(t.key.proto, line) {
-		return fmt.Errorf("greeting %q", strings.TrimSpace(truncateGreeting(line)))
-	}
-	return nil
-}
-
-// greetingOK reports whether line is a ready greeting for proto:
-// RFC 9051 section 7.1 (OK or PREAUTH), RFC 1939 section 4, RFC 5321
-// section 4.2 (220).
-func greetingOK(proto imapcheck.Protocol, line string) bool {
-	switch proto {
-	case imapcheck.IMAP:
-		return strings.HasPrefix(line, "* OK") || strings.HasPrefix(line, "* PREAUTH")
-	case imapcheck.POP3:
-		return strings.HasPrefix(line, "+OK")
-	case imapcheck.SMTP:
-		return strings.HasPrefix(line, "220")
-	}
-	return false
-}
-
-func truncateGreeting(s string) string {
-	if len(s) > 80 {
-		return s[:80]
-	}
-	return s
+	return imapcheck.ReadGreeting(conn, t.key.proto)
 }

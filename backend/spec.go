@@ -21,27 +21,21 @@ type Ports struct {
 	IMAPS, POP3S uint16
 }
 
-// The well-known ports, used for zero fields of Ports.
-const (
-	defaultIMAPPort  = 143
-	defaultPOP3Port  = 110
-	defaultSMTPPort  = 25
-	defaultIMAPSPort = 993
-	defaultPOP3SPort = 995
-)
+// DefaultPorts are the well-known ports, used for zero fields of Ports.
+var DefaultPorts = Ports{IMAP: 143, POP3: 110, SMTP: 25, IMAPS: 993, POP3S: 995}
 
-// withDefaults returns p with its zero fields set to the well-known ports.
+// withDefaults returns p with its zero fields set from DefaultPorts.
 func (p Ports) withDefaults() Ports {
 	set := func(v *uint16, d uint16) {
 		if *v == 0 {
 			*v = d
 		}
 	}
-	set(&p.IMAP, defaultIMAPPort)
-	set(&p.POP3, defaultPOP3Port)
-	set(&p.SMTP, defaultSMTPPort)
-	set(&p.IMAPS, defaultIMAPSPort)
-	set(&p.POP3S, defaultPOP3SPort)
+	set(&p.IMAP, DefaultPorts.IMAP)
+	set(&p.POP3, DefaultPorts.POP3)
+	set(&p.SMTP, DefaultPorts.SMTP)
+	set(&p.IMAPS, DefaultPorts.IMAPS)
+	set(&p.POP3S, DefaultPorts.POP3S)
 	return p
 }
 

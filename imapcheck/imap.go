@@ -15,58 +15,37 @@ import (
 	"github.com/emersion/go-sasl"
 )
 
-// verifyIMAP logs in over IMAP on raw, which it does not close.
-func (v *Verifier) verifyIMAP(ctx context.Context, req Request, raw net.Conn, tr *transcript) *Error {
-	// Until imapclient takes over the deadlines.
-	if dl, ok := ctx.Deadline(); ok {
-		raw.SetDeadline(dl)
-	}
-	conn := raw
-	if v.security() == SecurityTLS {
-		tc, e := v.handshake(ctx, req, raw, "imap")
-		if e != nil {
+// imap logs in over IMAP, the greeting read.
+//
+// The greeting is read by readGreeting, before imapclient starts, and then
+// replayed to the client:
+//   - Client.WaitGreeting returns "connection closed before greeting" at
+//     random for a BYE greeting, as it selects on two channels the reader
+//     closes one after the other; we keep the BYE's text;
+//   - imapclient.NewStartTLS sends STARTTLS before the greeting has
+//     arrived, and runs the handshake without a context;
+//   - Login would be pipelined ahead of the greeting, which some servers
+//     do not survive (a command before the greeting).
+func (s *session) imap(ctx context.Context, greeting string) *Error {
+	if s.v.Security == SecurityStartTLS {
+		if e := s.imapStartTLS(ctx); e != nil {
 			return e
 		}
-		conn = tc
-	}
-	conn = tr.wrap(conn)
-
-	// We read the greeting ourselves, before imapclient starts, and then
-	// replay it to the client:
-	//   - Client.WaitGreeting returns "connection closed before greeting"
-	//     at random for a BYE greeting, as it selects on two channels the
-	//     reader closes one after the other; we keep the BYE's text;
-	//   - imapclient.NewStartTLS sends STARTTLS before the greeting has
-	//     arrived, and runs the handshake without a context;
-	//   - Login would be pipelined ahead of the greeting, which some
-	//     servers do not survive (go-imap issue #600).
-	r := bufio.NewReaderSize(conn, maxLine)
-	greeting, e := imapGreeting(r)
-	if e != nil {
-		return e
-	}
-	if v.security() == SecurityStartTLS {
-		tconn, e := v.imapStartTLS(ctx, req, raw, conn, r, tr)
-		if e != nil {
-			return e
-		}
-		// After STARTTLS the server sends no greeting, but
-		// imapclient.New waits for one; feed it one. Having no
-		// CAPABILITY code, it makes the client ask for the capabilities
-		// again, as RFC 9051 section 6.2.1 requires after the upgrade.
-		conn = tconn
-		r = bufio.NewReaderSize(tconn, maxLine)
+		// After STARTTLS the server sends no greeting, but imapclient.New
+		// waits for one; feed it one. Having no CAPABILITY code, it makes
+		// the client ask for the capabilities again, as RFC 9051 section
+		// 6.2.1 requires after the upgrade.
 		greeting = "* OK TLS established"
 	}
-	if v.ForwardClientIP && req.ClientIP.IsValid() {
-		if e := imapForwardClient(conn, r, req.ClientIP); e != nil {
+	if s.v.ForwardClientIP && s.req.ClientIP.IsValid() {
+		if e := imapForwardClient(s.conn, s.r, s.req.ClientIP); e != nil {
 			return e
 		}
 	}
-	replay := io.MultiReader(strings.NewReader(greeting+"\r\n"), r)
+	replay := io.MultiReader(strings.NewReader(greeting+"\r\n"), s.r)
 
 	// Close returns only once the client's reader goroutine has ended.
-	c := imapclient.New(&greetedConn{Conn: conn, r: replay}, nil)
+	c := imapclient.New(&greetedConn{Conn: s.conn, r: replay}, nil)
 	defer c.Close()
 	if err := c.WaitGreeting(); err != nil {
 		return imapFailure("greeting", err)
@@ -75,13 +54,13 @@ func (v *Verifier) verifyIMAP(ctx context.Context, req Request, raw net.Conn, tr
 	if caps == nil {
 		return &Error{Outcome: Temporary, Err: errors.New("could not read the server's capabilities")}
 	}
-
+	var e *Error
 	switch {
 	case !caps.Has(imap.CapLoginDisabled):
-		e = imapFailure("LOGIN", c.Login(req.User, req.Password).Wait())
+		e = imapFailure("LOGIN", c.Login(s.req.User, s.req.Password).Wait())
 	case caps.Has(imap.AuthCap(sasl.Plain)):
 		// RFC 9051 section 6.2.3: LOGINDISABLED forbids only LOGIN.
-		e = imapFailure("AUTHENTICATE", c.Authenticate(sasl.NewPlainClient("", req.User, req.Password)))
+		e = imapFailure("AUTHENTICATE", c.Authenticate(sasl.NewPlainClient("", s.req.User, s.req.Password)))
 	default:
 		e = &Error{Outcome: Unsupported, Err: errors.New("server advertises LOGINDISABLED and no AUTH=PLAIN, so it refuses plaintext login on this connection: use STARTTLS or TLS")}
 	}
@@ -139,61 +118,33 @@ func imapReply(ie *imap.Error) string {
 	return s
 }
 
-// imapGreeting reads the server's greeting (RFC 9051 section 7.1) and returns
-// it if it is OK.
-func imapGreeting(r *bufio.Reader) (string, *Error) {
-	line, err := readLine(r)
-	if err != nil {
-		return "", &Error{Outcome: Temporary, Err: fmt.Errorf("greeting: %w", err)}
-	}
-	switch f := strings.Fields(line); {
-	case len(f) >= 2 && f[0] == "*" && strings.EqualFold(f[1], "OK"):
-		return line, nil
-	case len(f) >= 2 && f[0] == "*" && strings.EqualFold(f[1], "BYE"):
-		return "", &Error{Outcome: Temporary, Reply: line[2:]}
-	case len(f) >= 2 && f[0] == "*" && strings.EqualFold(f[1], "PREAUTH"):
-		// RFC 9051 section 7.1.4: the server logged us in without
-		// credentials, so it cannot tell whether they are right.
-		return "", &Error{Outcome: Unsupported, Reply: line[2:], Err: errors.New("server greeted with PREAUTH, so the password cannot be checked")}
-	}
-	return "", &Error{Outcome: Temporary, Err: fmt.Errorf("malformed greeting %q", line)}
-}
-
-// imapStartTLS upgrades raw with STARTTLS (RFC 9051 section 6.2.1), sending
-// the command on conn, which is raw as the transcript sees it, and reading
-// the reply from r. It returns the TLS connection as the transcript sees it.
-func (v *Verifier) imapStartTLS(ctx context.Context, req Request, raw, conn net.Conn, r *bufio.Reader, tr *transcript) (net.Conn, *Error) {
+// imapStartTLS asks for TLS with STARTTLS (RFC 9051 section 6.2.1) and
+// upgrades the session once the server agrees.
+func (s *session) imapStartTLS(ctx context.Context) *Error {
 	const tag = "S1"
-	if _, err := io.WriteString(conn, tag+" STARTTLS\r\n"); err != nil {
-		return nil, &Error{Outcome: Temporary, Err: fmt.Errorf("STARTTLS: %w", err)}
+	if _, err := io.WriteString(s.conn, tag+" STARTTLS\r\n"); err != nil {
+		return &Error{Outcome: Temporary, Err: fmt.Errorf("STARTTLS: %w", err)}
 	}
 	for {
-		line, err := readLine(r)
+		line, err := readLine(s.r)
 		if err != nil {
-			return nil, &Error{Outcome: Temporary, Err: fmt.Errorf("STARTTLS: %w", err)}
+			return &Error{Outcome: Temporary, Err: fmt.Errorf("STARTTLS: %w", err)}
 		}
 		f := strings.Fields(line)
 		if len(f) == 0 || f[0] == "*" {
 			continue // untagged data, such as CAPABILITY
 		}
 		if f[0] != tag || len(f) < 2 {
-			return nil, &Error{Outcome: Temporary, Err: fmt.Errorf("STARTTLS: unexpected reply %q", line)}
+			return &Error{Outcome: Temporary, Err: fmt.Errorf("STARTTLS: unexpected reply %q", line)}
 		}
-		if strings.EqualFold(f[1], "OK") {
-			break
+		if !strings.EqualFold(f[1], "OK") {
+			return &Error{Outcome: Unsupported, Reply: line[len(tag)+1:], Err: errors.New("server refused STARTTLS")}
 		}
-		return nil, &Error{Outcome: Unsupported, Reply: line[len(tag)+1:], Err: errors.New("server refused STARTTLS")}
+		if e := s.startTLS(ctx); e != nil {
+			return e.with("STARTTLS")
+		}
+		return nil
 	}
-	if r.Buffered() > 0 {
-		// Bytes sent before the handshake would be read as if they came
-		// over TLS: a response injection (compare CVE-2011-0411).
-		return nil, &Error{Outcome: Temporary, Err: errors.New("STARTTLS: server sent data before the TLS handshake")}
-	}
-	tc, e := v.handshake(ctx, req, raw, "")
-	if e != nil {
-		return nil, e
-	}
-	return tr.wrap(tc), nil
 }
 
 // imapForwardClient tells the server the client's address with the ID

@@ -122,7 +122,7 @@ func TestIMAPTLS(t *testing.T) {
 			checkResult(t, got, err, tc.want, tc.password, debug.String())
 			if tc.roots == other {
 				var cv *tls.CertificateVerificationError
-				if !errors.As(err, &cv) || !strings.Contains(err.Error(), "certificate verification failed") {
+				if !errors.As(err, &cv) || !errors.Is(err, ErrUntrustedCertificate) {
 					t.Errorf("err = %v, want a certificate verification error", err)
 				}
 			}

@@ -7,7 +7,10 @@
 // keeps the server's reply for the log.
 package imapcheck
 
-import "net/netip"
+import (
+	"fmt"
+	"net/netip"
+)
 
 // Outcome is the verdict of one verification.
 type Outcome int
@@ -57,18 +60,38 @@ const (
 )
 
 // Security is how a check protects the connection to the server.
-type Security string
+type Security uint8
 
 // The ways a check can connect.
 const (
 	// SecurityNone connects in plain TCP.
-	SecurityNone Security = "none"
+	SecurityNone Security = iota
 	// SecurityStartTLS connects in plain TCP and upgrades with IMAP
 	// STARTTLS (RFC 9051 section 6.2.1) or POP3 STLS (RFC 2595).
-	SecurityStartTLS Security = "starttls"
+	SecurityStartTLS
 	// SecurityTLS connects with TLS from the first byte (RFC 8314).
-	SecurityTLS Security = "tls"
+	SecurityTLS
 )
+
+var securityNames = [...]string{SecurityNone: "none", SecurityStartTLS: "starttls", SecurityTLS: "tls"}
+
+// String returns the name ParseSecurity reads: none, starttls or tls.
+func (s Security) String() string {
+	if int(s) < len(securityNames) {
+		return securityNames[s]
+	}
+	return fmt.Sprintf("Security(%d)", s)
+}
+
+// ParseSecurity reads a Security by its name: none, starttls or tls.
+func ParseSecurity(name string) (Security, error) {
+	for s, n := range securityNames {
+		if n == name {
+			return Security(s), nil
+		}
+	}
+	return 0, fmt.Errorf("%q is not none, starttls or tls", name)
+}
 
 // Request is one verification: who logs in, where, and how.
 type Request struct {

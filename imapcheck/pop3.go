@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"strings"
 )
 
@@ -18,57 +17,22 @@ const maxCapaLines = 100
 // 4), which only AUTH expects.
 var errContinue = errors.New("server sent an unexpected continuation request")
 
-// verifyPOP3 logs in over POP3 on raw, which it does not close.
-func (v *Verifier) verifyPOP3(ctx context.Context, req Request, raw net.Conn, tr *transcript) *Error {
-	// We own this conn, unlike imapclient's, so its deadline holds.
-	dl, _ := ctx.Deadline()
-	raw.SetDeadline(dl)
-
-	conn := raw
-	if v.security() == SecurityTLS {
-		tc, e := v.handshake(ctx, req, raw, "pop3")
-		if e != nil {
-			return e
-		}
-		conn = tc
-	}
-	c := newPOP3Client(tr.wrap(conn))
-	greeting, err := c.reply()
-	if err != nil {
-		return pop3Failure("greeting", err, Temporary)
-	}
+// pop3 logs in over POP3, the greeting read.
+func (s *session) pop3(ctx context.Context, greeting string) *Error {
+	c := &pop3Client{conn: s.conn, r: s.r}
 	caps, err := c.capa()
 	if err != nil {
 		return pop3Failure("CAPA", err, Temporary)
 	}
-
-	if v.security() == SecurityStartTLS {
-		if _, err := c.cmd("STLS"); err != nil {
-			e := pop3Failure("STLS", err, Unsupported)
-			if e.Outcome == Unsupported {
-				e.Err = errors.New("server refused STLS")
-			}
-			return e
+	if s.v.Security == SecurityStartTLS {
+		if caps, err = s.pop3StartTLS(ctx, c); err != nil {
+			return err.(*Error)
 		}
-		if c.r.Buffered() > 0 {
-			// See imapStartTLS.
-			return &Error{Outcome: Temporary, Err: errors.New("STLS: server sent data before the TLS handshake")}
-		}
-		tc, e := v.handshake(ctx, req, raw, "")
-		if e != nil {
-			return e
-		}
-		c = newPOP3Client(tr.wrap(tc))
-		// RFC 2595 section 4: the capabilities may change with TLS, and
-		// the ones seen before it must be forgotten.
-		if caps, err = c.capa(); err != nil {
-			return pop3Failure("CAPA", err, Temporary)
-		}
+		c = &pop3Client{conn: s.conn, r: s.r}
 	}
-
 	// Dovecot offers XCLIENT in its greeting to the networks it trusts.
-	if v.ForwardClientIP && req.ClientIP.IsValid() && strings.Contains(strings.ToUpper(greeting), "[XCLIENT]") {
-		if _, err := c.cmd("XCLIENT ADDR=%s", req.ClientIP.Unmap()); err != nil {
+	if s.v.ForwardClientIP && s.req.ClientIP.IsValid() && strings.Contains(strings.ToUpper(greeting), "[XCLIENT]") {
+		if _, err := c.cmd("XCLIENT ADDR=%s", s.req.ClientIP.Unmap()); err != nil {
 			var pe *pop3Error
 			if !errors.As(err, &pe) {
 				return pop3Failure("XCLIENT", err, Temporary)
@@ -77,37 +41,61 @@ func (v *Verifier) verifyPOP3(ctx context.Context, req Request, raw net.Conn, tr
 			// offered it.
 		}
 	}
-
-	// Decide from CAPA before sending credentials: Dovecot answers
-	// "-ERR [AUTH]" both for a wrong password and for plaintext login
-	// refused, so the reply could not tell them apart.
-	_, hasUser := caps["USER"]
-	var e *Error
-	switch {
-	case caps == nil || hasUser:
-		// RFC 2449 section 6.7. A server without CAPA predates RFC
-		// 2449 and is tried with USER and PASS (RFC 1939 section 7).
-		if _, err := c.cmd("USER %s", req.User); err != nil {
-			e = pop3Failure("USER", err, Rejected)
-		} else if _, err := c.cmd("PASS %s", req.Password); err != nil {
-			e = pop3Failure("PASS", err, Rejected)
-		}
-	case hasWord(caps["SASL"], "PLAIN"):
-		if err := c.authPlain(req.User, req.Password); err != nil {
-			e = pop3Failure("AUTH", err, Rejected)
-		}
-	default:
-		// Dovecot's plaintext port with disable_plaintext_auth: STLS,
-		// and SASL with no mechanisms.
-		e = &Error{Outcome: Unsupported, Err: errors.New("server offers neither USER nor SASL PLAIN, so it refuses plaintext login on this connection: use STLS or TLS")}
-	}
-
+	e := c.login(caps, s.req.User, s.req.Password)
 	if e == nil || e.Outcome != Temporary {
 		// Say goodbye (RFC 1939 section 6) without waiting for the
 		// answer: the verdict is in, and nginx is waiting for it.
 		io.WriteString(c.conn, "QUIT\r\n")
 	}
 	return e
+}
+
+// pop3StartTLS upgrades the session with STLS (RFC 2595) and returns the
+// capabilities the server has over TLS: those seen before must be
+// forgotten (RFC 2595 section 4). The error is an *Error.
+func (s *session) pop3StartTLS(ctx context.Context, c *pop3Client) (map[string][]string, error) {
+	if _, err := c.cmd("STLS"); err != nil {
+		e := pop3Failure("STLS", err, Unsupported)
+		if e.Outcome == Unsupported {
+			e.Err = errors.New("server refused STLS")
+		}
+		return nil, e
+	}
+	if e := s.startTLS(ctx); e != nil {
+		return nil, e.with("STLS")
+	}
+	caps, err := (&pop3Client{conn: s.conn, r: s.r}).capa()
+	if err != nil {
+		return nil, pop3Failure("CAPA", err, Temporary)
+	}
+	return caps, nil
+}
+
+// login sends the credentials as CAPA allows. It decides from CAPA before
+// sending them: Dovecot answers "-ERR [AUTH]" both for a wrong password
+// and for plaintext login refused, so the reply could not tell them apart.
+func (c *pop3Client) login(caps map[string][]string, user, password string) *Error {
+	_, hasUser := caps["USER"]
+	switch {
+	case caps == nil || hasUser:
+		// RFC 2449 section 6.7. A server without CAPA predates RFC 2449
+		// and is tried with USER and PASS (RFC 1939 section 7).
+		if _, err := c.cmd("USER %s", user); err != nil {
+			return pop3Failure("USER", err, Rejected)
+		}
+		if _, err := c.cmd("PASS %s", password); err != nil {
+			return pop3Failure("PASS", err, Rejected)
+		}
+		return nil
+	case hasWord(caps["SASL"], "PLAIN"):
+		if err := c.authPlain(user, password); err != nil {
+			return pop3Failure("AUTH", err, Rejected)
+		}
+		return nil
+	}
+	// Dovecot's plaintext port with disable_plaintext_auth: STLS, and SASL
+	// with no mechanisms.
+	return &Error{Outcome: Unsupported, Err: errors.New("server offers neither USER nor SASL PLAIN, so it refuses plaintext login on this connection: use STLS or TLS")}
 }
 
 // pop3Failure classifies the error of a POP3 step. A -ERR reply gets dflt,
@@ -151,10 +139,6 @@ func (e *pop3Error) Error() string { return e.Line }
 type pop3Client struct {
 	conn io.Writer
 	r    *bufio.Reader
-}
-
-func newPOP3Client(conn net.Conn) *pop3Client {
-	return &pop3Client{conn: conn, r: bufio.NewReaderSize(conn, maxLine)}
 }
 
 // cmd sends one command and reads its status line. It returns the text after

@@ -318,7 +318,7 @@ func TestPOP3TLS(t *testing.T) {
 			}
 			if tc.roots == other {
 				var cv *tls.CertificateVerificationError
-				if !errors.As(err, &cv) || !strings.Contains(err.Error(), "certificate verification failed") {
+				if !errors.As(err, &cv) || !errors.Is(err, ErrUntrustedCertificate) {
 					t.Errorf("err = %v, want a certificate verification error", err)
 				}
 			}

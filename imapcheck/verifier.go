@@ -13,15 +13,15 @@ import (
 	"time"
 )
 
-// defaultTimeout bounds one check when Verifier.Timeout is zero.
-const defaultTimeout = 10 * time.Second
+// DefaultTimeout bounds one check when Verifier.Timeout is zero.
+const DefaultTimeout = 10 * time.Second
 
 // Verifier checks credentials by logging in to the user's mail server.
 //
 // A Verifier is safe for concurrent use as long as its fields are not
 // changed and Debug, if set, is itself safe for concurrent use.
 type Verifier struct {
-	// Security is how the connection is protected; "" means SecurityNone.
+	// Security is how the connection is protected.
 	Security Security
 	// TLSConfig holds the roots for certificate verification; nil means
 	// the system roots. It is cloned for each check, and its ServerName
@@ -86,6 +86,14 @@ func (e *Error) Error() string {
 // Unwrap returns the underlying error.
 func (e *Error) Unwrap() error { return e.Err }
 
+// with says which step e happened in.
+func (e *Error) with(step string) *Error {
+	if e.Err != nil {
+		e.Err = fmt.Errorf("%s: %w", step, e.Err)
+	}
+	return e
+}
+
 // Verify logs in to req.Address as req.User with req.Password and logs out
 // again. It returns (OK, nil) when the server accepts the credentials, and
 // otherwise the verdict and a non-nil *Error.
@@ -127,26 +135,77 @@ func (v *Verifier) Verify(ctx context.Context, req Request) (Outcome, error) {
 	defer release()
 	defer conn.Close()
 
-	var e *Error
-	switch req.Protocol {
-	case IMAP:
-		e = v.verifyIMAP(ctx, req, conn, tr)
-	case POP3:
-		e = v.verifyPOP3(ctx, req, conn, tr)
-	}
-	if e != nil {
+	if e := v.login(ctx, req, conn, tr); e != nil {
 		return e.Outcome, v.fail(ctx, req, e)
 	}
 	return OK, nil
 }
 
+// login logs in over raw, which it does not close: through TLS from the
+// first byte when Security says so, then by the protocol's own steps.
+func (v *Verifier) login(ctx context.Context, req Request, raw net.Conn, tr *transcript) *Error {
+	// Until imapclient takes over the deadlines (POP3 keeps this one).
+	if dl, ok := ctx.Deadline(); ok {
+		raw.SetDeadline(dl)
+	}
+	conn := raw
+	if v.Security == SecurityTLS {
+		tc, e := v.handshake(ctx, req, raw, alpn[req.Protocol])
+		if e != nil {
+			return e
+		}
+		conn = tc
+	}
+	s := &session{v: v, req: req, raw: raw, tr: tr}
+	s.use(conn)
+	greeting, e := readGreeting(s.r, req.Protocol)
+	if e != nil {
+		return e
+	}
+	if req.Protocol == IMAP {
+		return s.imap(ctx, greeting)
+	}
+	return s.pop3(ctx, greeting)
+}
+
+// alpn is the ALPN protocol (RFC 7301) offered with implicit TLS.
+var alpn = map[Protocol]string{IMAP: "imap", POP3: "pop3"}
+
+// session is one check's connection: raw as dialled, conn as the
+// protocol speaks it (after TLS, through the transcript) and r reading it.
+type session struct {
+	v    *Verifier
+	req  Request
+	raw  net.Conn
+	tr   *transcript
+	conn net.Conn
+	r    *bufio.Reader
+}
+
+// use makes the session speak over conn, as the transcript sees it.
+func (s *session) use(conn net.Conn) {
+	s.conn = s.tr.wrap(conn)
+	s.r = bufio.NewReaderSize(s.conn, maxLine)
+}
+
+// startTLS upgrades the session with TLS once the server has agreed to
+// it (IMAP STARTTLS, POP3 STLS): the same handshake for both protocols.
+func (s *session) startTLS(ctx context.Context) *Error {
+	if s.r.Buffered() > 0 {
+		// Bytes sent before the handshake would be read as if they came
+		// over TLS: a response injection (compare CVE-2011-0411).
+		return &Error{Outcome: Temporary, Err: errors.New("server sent data before the TLS handshake")}
+	}
+	tc, e := s.v.handshake(ctx, s.req, s.raw, "")
+	if e != nil {
+		return e
+	}
+	s.use(tc)
+	return nil
+}
+
 // check refuses a request that must not reach the wire.
 func (v *Verifier) check(req Request) *Error {
-	switch v.security() {
-	case SecurityNone, SecurityStartTLS, SecurityTLS:
-	default:
-		return &Error{Outcome: Unsupported, Err: fmt.Errorf("unknown security %q", v.Security)}
-	}
 	if req.User == "" {
 		return &Error{Outcome: Rejected, Err: errors.New("empty user name")}
 	}
@@ -171,6 +230,8 @@ func Carries(proto Protocol, user, password string) error {
 		if strings.ContainsAny(user, "\r\n\x00") || strings.ContainsAny(password, "\r\n\x00") {
 			return errors.New("user or password contains CR, LF or NUL, which POP3 cannot carry")
 		}
+	case SMTP:
+		return errors.New("a check logs in over IMAP or POP3, not SMTP")
 	default:
 		return fmt.Errorf("unknown protocol %q", proto)
 	}
@@ -196,16 +257,9 @@ func (v *Verifier) fail(ctx context.Context, req Request, e *Error) *Error {
 	return e
 }
 
-func (v *Verifier) security() Security {
-	if v.Security == "" {
-		return SecurityNone
-	}
-	return v.Security
-}
-
 func (v *Verifier) timeout() time.Duration {
 	if v.Timeout <= 0 {
-		return defaultTimeout
+		return DefaultTimeout
 	}
 	return v.Timeout
 }
@@ -250,7 +304,7 @@ func (v *Verifier) handshake(ctx context.Context, req Request, conn net.Conn, al
 		if errors.As(err, &cv) {
 			// Loud on purpose: this is a misconfiguration or an attack,
 			// not a passing network problem.
-			err = fmt.Errorf("TLS certificate verification failed for %q: %w", cfg.ServerName, err)
+			err = fmt.Errorf("%w for %q: %w", ErrUntrustedCertificate, cfg.ServerName, err)
 		} else {
 			err = fmt.Errorf("TLS handshake: %w", err)
 		}
@@ -258,6 +312,11 @@ func (v *Verifier) handshake(ctx context.Context, req Request, conn net.Conn, al
 	}
 	return tc, nil
 }
+
+// ErrUntrustedCertificate is wrapped by the error of a check whose
+// server's certificate did not verify: a misconfigured CA or someone in
+// the middle, which the operator must hear about.
+var ErrUntrustedCertificate = errors.New("TLS certificate not trusted")
 
 // maxLine bounds one line read from a server, so that a hostile server
 // cannot make a check hold unbounded memory.

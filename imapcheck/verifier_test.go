@@ -10,6 +10,19 @@ import (
 )
 
 // Credentials that must not reach the wire are refused before dialing.
+func TestParseSecurity(t *testing.T) {
+	for _, s := range []Security{SecurityNone, SecurityStartTLS, SecurityTLS} {
+		if got, err := ParseSecurity(s.String()); err != nil || got != s {
+			t.Errorf("ParseSecurity(%q) = %v, %v", s, got, err)
+		}
+	}
+	for _, bad := range []string{"", "ssl", "TLS", "none "} {
+		if _, err := ParseSecurity(bad); err == nil {
+			t.Errorf("ParseSecurity(%q) accepted", bad)
+		}
+	}
+}
+
 func TestRefusedBeforeDialing(t *testing.T) {
 	for _, tc := range []struct {
 		name     string
@@ -17,16 +30,16 @@ func TestRefusedBeforeDialing(t *testing.T) {
 		req      Request
 		want     Outcome
 	}{
-		{"POP3 CR LF in password", "", Request{Protocol: POP3, User: "alice", Password: "s3cret\r\nDELE 1"}, Unsupported},
-		{"POP3 LF in user", "", Request{Protocol: POP3, User: "alice\nDELE 1", Password: "s3cret"}, Unsupported},
-		{"POP3 CR in user", "", Request{Protocol: POP3, User: "alice\r", Password: "s3cret"}, Unsupported},
-		{"POP3 NUL in password", "", Request{Protocol: POP3, User: "alice", Password: "s3\x00cret"}, Unsupported},
-		{"IMAP NUL in password", "", Request{Protocol: IMAP, User: "alice", Password: "s3\x00cret"}, Unsupported},
-		{"IMAP NUL in user", "", Request{Protocol: IMAP, User: "al\x00ice", Password: "s3cret"}, Unsupported},
-		{"IMAP empty user", "", Request{Protocol: IMAP, User: "", Password: "s3cret"}, Rejected},
-		{"POP3 empty user", "", Request{Protocol: POP3, User: "", Password: "s3cret"}, Rejected},
-		{"unknown protocol", "", Request{Protocol: "smtp", User: "alice", Password: "s3cret"}, Unsupported},
-		{"unknown security", "ssl", Request{Protocol: IMAP, User: "alice", Password: "s3cret"}, Unsupported},
+		{"POP3 CR LF in password", SecurityNone, Request{Protocol: POP3, User: "alice", Password: "s3cret\r\nDELE 1"}, Unsupported},
+		{"POP3 LF in user", SecurityNone, Request{Protocol: POP3, User: "alice\nDELE 1", Password: "s3cret"}, Unsupported},
+		{"POP3 CR in user", SecurityNone, Request{Protocol: POP3, User: "alice\r", Password: "s3cret"}, Unsupported},
+		{"POP3 NUL in password", SecurityNone, Request{Protocol: POP3, User: "alice", Password: "s3\x00cret"}, Unsupported},
+		{"IMAP NUL in password", SecurityNone, Request{Protocol: IMAP, User: "alice", Password: "s3\x00cret"}, Unsupported},
+		{"IMAP NUL in user", SecurityNone, Request{Protocol: IMAP, User: "al\x00ice", Password: "s3cret"}, Unsupported},
+		{"IMAP empty user", SecurityNone, Request{Protocol: IMAP, User: "", Password: "s3cret"}, Rejected},
+		{"POP3 empty user", SecurityNone, Request{Protocol: POP3, User: "", Password: "s3cret"}, Rejected},
+		{"SMTP is not a check protocol", SecurityNone, Request{Protocol: SMTP, User: "alice", Password: "s3cret"}, Unsupported},
+		{"unknown protocol", SecurityNone, Request{Protocol: "nntp", User: "alice", Password: "s3cret"}, Unsupported},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			srv := startScript(t, nil, func(p *peer) {

@@ -20,11 +20,11 @@ func TestMain(m *testing.M) {
 
 // build runs the whole configuration path main runs, from an environment.
 func build(env map[string]string) (*service, error) {
-	cfg, err := loadConfig(context.Background(), envconfig.MapLookuper(env))
+	s, err := loadSettings(context.Background(), envconfig.MapLookuper(env), io.Discard)
 	if err != nil {
 		return nil, err
 	}
-	return newService(cfg, io.Discard)
+	return newService(s), nil
 }
 
 func TestConfigErrorsNameTheVariable(t *testing.T) {
@@ -141,5 +141,78 @@ func TestConfigDefaults(t *testing.T) {
 	}
 	if svc.usersFile != nil || svc.handler.SMTPRelay != nil {
 		t.Errorf("optional parts built without their settings")
+	}
+}
+
+// TestConfigReportsEveryError: several bad settings are all named, one a
+// line, in the order of the settings table, whatever order the
+// environment has them in.
+func TestConfigReportsEveryError(t *testing.T) {
+	env := map[string]string{
+		"IMAPGATE_LOG_LEVEL":     "loud",
+		"IMAPGATE_FIRST_LETTER":  "a=nosuch",
+		"IMAPGATE_BACKENDS":      "mailhost01=127.0.0.2",
+		"IMAPGATE_LIMIT_USER":    "many",
+		"IMAPGATE_PORT_IMAP":     "imap",
+		"IMAPGATE_CACHE_SIZE":    "0",
+		"IMAPGATE_VERIFY_TLS":    "ssl",
+		"IMAPGATE_HTTP_SERVER":   "apache",
+		"IMAPGATE_SHARED_SECRET": "x",
+	}
+	want := []string{"IMAPGATE_PORT_IMAP", "IMAPGATE_FIRST_LETTER", "IMAPGATE_VERIFY_TLS", "IMAPGATE_CACHE_SIZE",
+		"IMAPGATE_LIMIT_USER", "IMAPGATE_LOG_LEVEL", "IMAPGATE_HTTP_SERVER"}
+	for range 5 { // map order must not matter
+		_, err := build(env)
+		if err == nil {
+			t.Fatal("no error")
+		}
+		var got []string
+		for _, line := range strings.Split(err.Error(), "\n") {
+			name, _, _ := strings.Cut(line, ":")
+			got = append(got, name)
+		}
+		if strings.Join(got, " ") != strings.Join(want, " ") {
+			t.Fatalf("errors name\n%v\nwant\n%v\nfull text:\n%s", got, want, err)
+		}
+	}
+}
+
+// TestSecretFromFile: a secret setting is read from the file its _FILE
+// variable names, without the line end; setting both, or a file that
+// cannot be read, is an error that names the variable and not the secret.
+func TestSecretFromFile(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "secret")
+	if err := os.WriteFile(path, []byte("s3cr3t from file\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	env := func(kv ...string) map[string]string {
+		m := map[string]string{"IMAPGATE_BACKENDS": "m=127.0.0.2", "IMAPGATE_DEFAULT_BACKEND": "m"}
+		for i := 0; i+1 < len(kv); i += 2 {
+			m[kv[i]] = kv[i+1]
+		}
+		return m
+	}
+	svc, err := build(env("IMAPGATE_SHARED_SECRET_FILE", path))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if svc.handler.SharedSecret != "s3cr3t from file" {
+		t.Errorf("secret from file = %q", svc.handler.SharedSecret)
+	}
+	for _, tt := range []struct {
+		env  map[string]string
+		want string
+	}{
+		{env("IMAPGATE_SHARED_SECRET_FILE", path, "IMAPGATE_SHARED_SECRET", "inline"), "IMAPGATE_SHARED_SECRET: set both"},
+		{env("IMAPGATE_SHARED_SECRET_FILE", filepath.Join(dir, "none")), "IMAPGATE_SHARED_SECRET_FILE: open"},
+	} {
+		_, err := build(tt.env)
+		if err == nil || !strings.HasPrefix(err.Error(), tt.want) {
+			t.Errorf("error %v, want one starting %q", err, tt.want)
+		}
+		if err != nil && (strings.Contains(err.Error(), "s3cr3t") || strings.Contains(err.Error(), "inline")) {
+			t.Errorf("error %q shows the secret", err)
+		}
 	}
 }

@@ -26,7 +26,7 @@ func (v slowVerifier) Verify(ctx context.Context, req imapcheck.Request) (imapch
 	return imapcheck.OK, nil
 }
 
-func listen(t *testing.T) net.Listener {
+func testListener(t *testing.T) net.Listener {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -76,7 +76,7 @@ func TestServeEndpointsAndGracefulStop(t *testing.T) {
 	svc.health.Backends = nil
 	v := slowVerifier{entered: make(chan struct{}), release: make(chan struct{})}
 	svc.handler.Verifier = v
-	ln := listen(t)
+	ln := testListener(t)
 	base := "http://" + ln.Addr().String()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -123,7 +123,7 @@ func TestServeSeparateOpsListener(t *testing.T) {
 		t.Fatal(err)
 	}
 	svc.health.Backends = nil
-	ln, opsLn := listen(t), listen(t)
+	ln, opsLn := testListener(t), testListener(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- svc.serve(ctx, ln, opsLn) }()
@@ -139,7 +139,7 @@ func TestServeSeparateOpsListener(t *testing.T) {
 }
 
 func TestReadyzTurnsUnready(t *testing.T) {
-	down := listen(t)
+	down := testListener(t)
 	addr := down.Addr().String()
 	down.Close() // nothing listens there now
 	host, port, _ := net.SplitHostPort(addr)

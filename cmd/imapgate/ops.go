@@ -17,6 +17,9 @@ const (
 	pathReadyz  = "/readyz"
 )
 
+// opsPaths are the operations endpoints' paths.
+var opsPaths = []string{pathMetrics, pathHealthz, pathReadyz}
+
 // opsHandler serves /metrics, /healthz and /readyz.
 func (s *service) opsHandler() http.Handler {
 	mux := http.NewServeMux()

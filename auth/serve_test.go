@@ -14,12 +14,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/imapgate/imapgate/auth/http1"
 	"github.com/imapgate/imapgate/imapcheck"
 )
 
 // startServer serves h on loopback with a /metrics fallback and stops it
 // when the test ends.
-func startServer(t *testing.T, h *Handler, tune func(*Server)) (*Server, string) {
+func startServer(t *testing.T, h *Handler, tune func(*http1.Server)) (*http1.Server, string) {
 	t.Helper()
 
 	mux := http.NewServeMux()
@@ -27,7 +28,7 @@ func startServer(t *testing.T, h *Handler, tune func(*Server)) (*Server, string)
 		w.Header().Set("Content-Type", "text/plain")
 		io.WriteString(w, "imapgate_up 1\n")
 	})
-	s := &Server{Handler: h, Fallback: mux, FallbackPaths: []string{"/metrics"}, Logger: h.Logger}
+	s := &http1.Server{Handler: h, Fields: RequestFields, Fallback: mux, FallbackPaths: []string{"/metrics"}, Logger: h.Logger}
 	if tune != nil {
 		tune(s)
 	}
@@ -43,7 +44,7 @@ func startServer(t *testing.T, h *Handler, tune func(*Server)) (*Server, string)
 		if err := s.Shutdown(ctx); err != nil {
 			t.Errorf("Shutdown: %v", err)
 		}
-		if err := <-done; !errors.Is(err, ErrServerClosed) {
+		if err := <-done; !errors.Is(err, http1.ErrServerClosed) {
 			t.Errorf("Serve returned %v", err)
 		}
 	})
@@ -67,6 +68,62 @@ func (b *lockedBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
+}
+
+// memConn is a connection from testPeer whose client sent in and then
+// closed its side: reads give in, then EOF; writes are kept. Serving it
+// needs no goroutine and never waits.
+type memConn struct {
+	in  *strings.Reader
+	out bytes.Buffer
+}
+
+func (c *memConn) Read(p []byte) (int, error)         { return c.in.Read(p) }
+func (c *memConn) Write(p []byte) (int, error)        { return c.out.Write(p) }
+func (c *memConn) Close() error                       { return nil }
+func (c *memConn) LocalAddr() net.Addr                { return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 9180} }
+func (c *memConn) RemoteAddr() net.Addr               { return testPeer }
+func (c *memConn) SetDeadline(t time.Time) error      { return nil }
+func (c *memConn) SetReadDeadline(t time.Time) error  { return nil }
+func (c *memConn) SetWriteDeadline(t time.Time) error { return nil }
+
+// testPeer is the address every request of roundTrip comes from.
+var testPeer = &net.TCPAddr{IP: net.IPv4(192, 0, 2, 1), Port: 40000}
+
+// rawRoundTrip sends raw to h through the production HTTP server, as one
+// connection from testPeer, and returns all it answers.
+func rawRoundTrip(t testing.TB, h *Handler, raw string) string {
+	t.Helper()
+	c := &memConn{in: strings.NewReader(raw)}
+	srv := &http1.Server{Handler: h, Fields: RequestFields}
+	srv.ServeConn(c)
+	return c.out.String()
+}
+
+// roundTrip is rawRoundTrip with the response parsed; a response that does
+// not parse fails the test and reads as one without header fields.
+func roundTrip(t testing.TB, h *Handler, raw string) *http.Response {
+	t.Helper()
+	out := rawRoundTrip(t, h, raw)
+	resp, err := http.ReadResponse(bufio.NewReader(strings.NewReader(out)), nil)
+	if err != nil {
+		t.Errorf("response %q: %v", out, err)
+		return &http.Response{Header: http.Header{}}
+	}
+	return resp
+}
+
+// rawRequest is h as nginx would send it: a GET with these header fields.
+func rawRequest(h http.Header) string {
+	var b strings.Builder
+	b.WriteString("GET /mail/auth.php HTTP/1.0\r\nHost: 127.0.0.1\r\n")
+	for name, values := range h {
+		for _, v := range values {
+			b.WriteString(name + ": " + v + "\r\n")
+		}
+	}
+	b.WriteString("\r\n")
+	return b.String()
 }
 
 // serverHandler is newTestHandler logging to a lockedBuffer.
@@ -115,7 +172,7 @@ func exchange(t *testing.T, addr, raw string) string {
 	return string(out)
 }
 
-func parseResponse(t *testing.T, raw string) *http.Response {
+func parseResponse(t testing.TB, raw string) *http.Response {
 	t.Helper()
 	resp, err := http.ReadResponse(bufio.NewReader(strings.NewReader(raw)), nil)
 	if err != nil {
@@ -141,7 +198,7 @@ func TestServerAnswersNginx(t *testing.T) {
 func TestServerMalformed(t *testing.T) {
 	v := &fakeVerifier{outcome: imapcheck.OK}
 	h, log := serverHandler(t, v)
-	_, addr := startServer(t, h, func(s *Server) { s.MaxHeaderBytes = 2048 })
+	_, addr := startServer(t, h, func(s *http1.Server) { s.MaxHeaderBytes = 2048 })
 	for _, tt := range []struct {
 		name, raw string
 		code      int
@@ -234,7 +291,7 @@ func TestServerShutdown(t *testing.T) {
 	g := &gateVerifier{release: release, outcome: imapcheck.OK, entered: make(chan struct{}, 2)}
 	h, _ := serverHandler(t, &fakeVerifier{})
 	h.Verifier = g
-	s := &Server{Handler: h}
+	s := &http1.Server{Handler: h, Fields: RequestFields}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -270,7 +327,7 @@ func TestServerShutdown(t *testing.T) {
 	if err := <-stopped; err != nil {
 		t.Errorf("Shutdown: %v", err)
 	}
-	if err := <-served; !errors.Is(err, ErrServerClosed) {
+	if err := <-served; !errors.Is(err, http1.ErrServerClosed) {
 		t.Errorf("Serve: %v", err)
 	}
 	if _, err := net.Dial("tcp", addr); err == nil {
@@ -280,7 +337,7 @@ func TestServerShutdown(t *testing.T) {
 
 func TestServerReadTimeout(t *testing.T) {
 	h, _ := serverHandler(t, &fakeVerifier{})
-	_, addr := startServer(t, h, func(s *Server) { s.ReadTimeout = 50 * time.Millisecond })
+	_, addr := startServer(t, h, func(s *http1.Server) { s.ReadTimeout = 50 * time.Millisecond })
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)

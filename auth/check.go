@@ -1,0 +1,79 @@
+package auth
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/imapgate/imapgate/imapcheck"
+)
+
+// checkResult is what the verify stage found out: the verifier's outcome
+// and error, and how it was learnt.
+type checkResult struct {
+	outcome imapcheck.Outcome
+	err     error
+	// cached: the cache knew this password was accepted; coalesced: the
+	// answer came from a check another request made at the same moment.
+	cached, coalesced bool
+}
+
+// errNoSlot is wrapped by the error of a check that found no free slot
+// on its backend before its deadline.
+var errNoSlot = errors.New("no check slot free")
+
+// cacheKey is the attempt's entry in the verified-login cache: per
+// (backend, protocol, user), holding the digest of user and password, so a
+// hit means this very password was accepted.
+func (t target) cacheKey(a attempt) cacheKey {
+	return cacheKey{backend: t.backend.Name, protocol: string(t.proto), user: a.req.User}
+}
+
+// verify learns whether the backend accepts the attempt's credentials:
+// from the cache, from an identical check already running, or from a
+// login of its own once a check slot of the backend is free.
+func (h *Handler) verify(ctx context.Context, a attempt, t target) checkResult {
+	key := t.cacheKey(a)
+	hit := h.cache.hit(key, a.sum)
+	if h.cache != nil {
+		h.Metrics.cacheLookup(hit)
+	}
+	if hit {
+		return checkResult{outcome: imapcheck.OK, cached: true}
+	}
+	// Identical checks at the same moment (a client opening several
+	// connections) share one backend login. The digest covers the
+	// password, so only the very same credentials are shared.
+	var ranHere bool
+	res, _, shared := h.flight.Do(key.backend+"\x00"+key.protocol+"\x00"+key.user+"\x00"+string(a.sum[:]), func() (any, error) {
+		ranHere = true
+		return h.check(ctx, a, t), nil
+	})
+	r := res.(checkResult)
+	// shared is true for every caller, the one that ran the check too.
+	if r.coalesced = shared && !ranHere; r.coalesced {
+		h.Metrics.coalescedCheck()
+	}
+	return r
+}
+
+// check logs in to the backend, once one of its check slots is free.
+func (h *Handler) check(ctx context.Context, a attempt, t target) checkResult {
+	release, err := h.slots.acquire(ctx, t.backend.Name)
+	if err != nil {
+		return checkResult{outcome: imapcheck.Temporary,
+			err: fmt.Errorf("%w: waiting for one of the %d of backend %s: %w", errNoSlot, h.MaxChecks, t.backend.Name, err)}
+	}
+	defer release()
+	done := h.Metrics.checkStarted(t.backend.Name, string(t.proto))
+	outcome, err := h.Verifier.Verify(ctx, imapcheck.Request{
+		Protocol:   t.proto,
+		Address:    t.check.String(),
+		ServerName: t.check.Host,
+		User:       a.req.User,
+		Password:   a.req.Password,
+		ClientIP:   a.req.ClientIP,
+	})
+	done(outcome.String())
+	return checkResult{outcome: outcome, err: err}
+}

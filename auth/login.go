@@ -1,0 +1,210 @@
+package auth
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/imapgate/imapgate/backend"
+	"github.com/imapgate/imapgate/imapcheck"
+)
+
+// decide answers one parsed request.
+func (h *Handler) decide(ctx context.Context, req Request) Verdict {
+	switch req.Method {
+	case MethodNone:
+		return h.relay(ctx, req)
+	case MethodAPOP, MethodCRAMMD5, MethodExternal:
+		// These methods give imapgate a digest or a certificate, not the
+		// password, and nginx then needs the cleartext password back to log
+		// in to the backend; a pass-through authenticator has neither.
+		return Verdict{Outcome: OutcomeUnsupported, Reason: ReasonMethod, Cause: fmt.Errorf("method %s", req.Method)}
+	}
+	return h.login(ctx, req)
+}
+
+// relay answers SMTP without authentication, which needs a policy, not a
+// login check.
+func (h *Handler) relay(ctx context.Context, req Request) Verdict {
+	switch {
+	case req.Protocol != imapcheck.SMTP:
+		return Verdict{Outcome: OutcomeMalformed, Reason: ReasonMethodNone}
+	case h.SMTPRelay == nil:
+		return Verdict{Outcome: OutcomeRefused, Reason: ReasonNoRelay}
+	}
+	return h.sendTo(ctx, req, h.SMTPRelay, Verdict{Outcome: OutcomeOK, Reason: ReasonRelay})
+}
+
+// attempt is a cleartext login on its way through the pipeline.
+type attempt struct {
+	req Request
+	// limitUser is the user as the limits count it: case folded like the
+	// selectors and Dovecot do, so that "Alice" and "alice" share one
+	// budget.
+	limitUser string
+	// sum is a keyed digest of user and password; it serves the limits,
+	// the cache and the coalescing, so the password itself is kept
+	// nowhere. fingerprint is its first 8 bytes.
+	sum         [sha256.Size]byte
+	fingerprint uint64
+}
+
+// target is where an attempt is checked and where nginx goes after.
+type target struct {
+	backend *backend.Backend
+	rule    string
+	// proto is the protocol the check logs in with; check its address.
+	proto imapcheck.Protocol
+	check backend.Endpoint
+}
+
+// login verifies a cleartext login: guard (the guessing limits), route
+// (the user's backend, and whether it can be asked), verify (the cache, or
+// a real login on the backend) and conclude (what the result means for
+// the client, the cache and the limits).
+func (h *Handler) login(ctx context.Context, req Request) Verdict {
+	if req.User == "" || req.Password == "" {
+		return Verdict{Outcome: OutcomeRejected, Reason: ReasonEmptyCredentials}
+	}
+	a := attempt{req: req, limitUser: strings.ToLower(req.User)}
+	a.sum = h.fp.digest(a.limitUser, req.Password)
+	a.fingerprint = binary.BigEndian.Uint64(a.sum[:8])
+	if v, blocked := h.guard(a); blocked {
+		return v
+	}
+	defer h.limiter.end(a.limitUser, req.ClientIP, a.fingerprint)
+	t, v, ok := h.route(ctx, a)
+	if !ok {
+		return v
+	}
+	return h.conclude(ctx, a, t, h.verify(ctx, a, t))
+}
+
+// guard refuses, without asking the backend, an attempt the guessing
+// limits do not allow; one they allow counts as in flight until the
+// caller calls end.
+func (h *Handler) guard(a attempt) (Verdict, bool) {
+	blocked, limit, why := h.limiter.begin(a.limitUser, a.req.ClientIP, a.fingerprint)
+	if !blocked {
+		return Verdict{}, false
+	}
+	h.Metrics.throttle(limit)
+	return Verdict{Outcome: OutcomeThrottled, Reason: why, Limit: limit}, true
+}
+
+// route finds the attempt's backend and the address to check it on, and
+// answers at once when it cannot be checked there.
+func (h *Handler) route(ctx context.Context, a attempt) (target, Verdict, bool) {
+	r, err := h.Routes.Route(ctx, a.req.User)
+	if err != nil {
+		// A rule that cannot tell now: never a wrong password, and never
+		// the next rule's backend.
+		return target{}, Verdict{Outcome: OutcomeTemporary, Reason: ReasonRoutingFailed, Rule: r.Rule, Cause: err}, false
+	}
+	if r.Backend == nil {
+		// Answered exactly like a wrong password, so that nobody can learn
+		// which users exist, and counted like one.
+		return target{}, h.failed(a, Verdict{Reason: ReasonNoBackend}), false
+	}
+	t := target{backend: r.Backend, rule: r.Rule, proto: h.checkProtocol(a.req.Protocol)}
+	v := Verdict{Outcome: OutcomeTemporary, Backend: t.backend.Name, Rule: t.rule}
+	var ok bool
+	if _, served := t.backend.Proxy[a.req.Protocol]; !served {
+		v.Reason = ReasonNotServed
+		return t, v, false
+	}
+	if t.check, ok = t.backend.Check[t.proto]; !ok {
+		v.Reason, v.Cause = ReasonNoCheckAddress, fmt.Errorf("no %s address", t.proto)
+		return t, v, false
+	}
+	if h.Health != nil && (!h.Health.Up(t.backend.Name, a.req.Protocol) || !h.Health.Up(t.backend.Name, t.proto)) {
+		// Known down: answer now rather than after a timeout, and never
+		// from the cache, since nginx could not reach the backend anyway.
+		// The client retries after Auth-Wait; by then a fresh probe has
+		// seen the backend back, if it is.
+		h.Health.Recheck()
+		v.Reason = ReasonBackendDown
+		return t, v, false
+	}
+	if err := imapcheck.Carries(t.proto, a.req.User, a.req.Password); err != nil {
+		// Such a password cannot be typed through nginx's line-based
+		// protocols either; it is the client's input, not the backend's
+		// fault, so it is answered like a wrong password and counted.
+		v.Reason, v.Cause = ReasonUncarriable, err
+		return t, h.failed(a, v), false
+	}
+	return t, Verdict{}, true
+}
+
+// checkProtocol is the protocol a login over proto is verified with.
+func (h *Handler) checkProtocol(proto imapcheck.Protocol) imapcheck.Protocol {
+	switch proto {
+	case imapcheck.POP3:
+		return imapcheck.POP3
+	case imapcheck.SMTP:
+		if h.SMTPVerify != "" {
+			return h.SMTPVerify
+		}
+	}
+	return imapcheck.IMAP
+}
+
+// conclude turns a check's result into the verdict, and teaches the cache
+// and the limits what it means.
+func (h *Handler) conclude(ctx context.Context, a attempt, t target, res checkResult) Verdict {
+	v := Verdict{Backend: t.backend.Name, Rule: t.rule, Cause: res.err, Cached: res.cached, Coalesced: res.coalesced}
+	switch res.outcome {
+	case imapcheck.OK:
+		h.cache.store(t.cacheKey(a), a.sum)
+		h.limiter.success(a.limitUser, a.req.ClientIP)
+		v.Outcome = OutcomeOK
+		return h.sendTo(ctx, a.req, t.backend, v)
+	case imapcheck.Rejected:
+		h.cache.forget(t.cacheKey(a))
+		v.Reason = ReasonBackendRefused
+		return h.failed(a, v)
+	case imapcheck.Unsupported:
+		// The backend offers no way to check this login (plaintext logins
+		// disabled without TLS, say): the operator's to fix.
+		v.Outcome, v.Reason = OutcomeUnsupported, ReasonCannotVerify
+		return v
+	}
+	v.Outcome, v.Reason = OutcomeTemporary, ReasonUnavailable
+	switch {
+	case errors.Is(res.err, imapcheck.ErrUntrustedCertificate):
+		v.Reason = ReasonUntrustedCert
+	case errors.Is(res.err, errNoSlot):
+		v.Reason = ReasonNoCheckSlot
+	}
+	return v
+}
+
+// failed refuses a login as a wrong password and counts it against the
+// limits.
+func (h *Handler) failed(a attempt, v Verdict) Verdict {
+	v.Outcome = OutcomeRejected
+	v.Tried = h.limiter.failure(a.limitUser, a.req.ClientIP, a.fingerprint)
+	return v
+}
+
+// sendTo completes an OK verdict with b's address for the request's
+// protocol. The host is resolved here because nginx accepts only a
+// literal IP.
+func (h *Handler) sendTo(ctx context.Context, req Request, b *backend.Backend, v Verdict) Verdict {
+	v.Backend = b.Name
+	ep, ok := b.Proxy[req.Protocol]
+	if !ok {
+		v.Outcome, v.Reason = OutcomeTemporary, ReasonNotServed
+		return v
+	}
+	ip, err := h.Resolver.Resolve(ctx, ep.Host)
+	if err != nil {
+		v.Outcome, v.Reason, v.Cause = OutcomeTemporary, ReasonUnresolvable, err
+		return v
+	}
+	v.Server, v.Port = ip, ep.Port
+	return v
+}

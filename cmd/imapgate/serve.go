@@ -1,0 +1,177 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/imapgate/imapgate/auth"
+	"github.com/imapgate/imapgate/auth/http1"
+)
+
+// usersFilePoll is how often the users file is checked for changes.
+const usersFilePoll = time.Second
+
+// maxHeaderBytes bounds a request head. nginx's request is a few hundred
+// bytes; 16 KiB leaves room for auth_http_header lines and a client
+// certificate.
+const maxHeaderBytes = 16 << 10
+
+// listeners are the service's sockets: auth_http, and the operations
+// endpoints when they have a listener of their own (else nil).
+type listeners struct {
+	auth, ops net.Listener
+}
+
+// listen opens the listeners the settings name.
+func listen(ctx context.Context, cfg config) (listeners, error) {
+	// TCP keepalive probes are no use on connections that carry one
+	// request, and setting them costs four system calls per connection.
+	lc := net.ListenConfig{KeepAlive: -1}
+	var lns listeners
+	var err error
+	if lns.auth, err = lc.Listen(ctx, "tcp", cfg.Listen); err != nil {
+		return lns, settingError("LISTEN", "%v", err)
+	}
+	if cfg.MetricsListen != "" {
+		if lns.ops, err = net.Listen("tcp", cfg.MetricsListen); err != nil {
+			lns.auth.Close()
+			return lns, settingError("METRICS_LISTEN", "%v", err)
+		}
+	}
+	return lns, nil
+}
+
+// server is what serve needs of an HTTP server: http1.Server and
+// http.Server both are one.
+type server interface {
+	Serve(net.Listener) error
+	Shutdown(context.Context) error
+}
+
+// serve answers requests on ln (and the operations endpoints on opsLn,
+// when not nil) until ctx ends, then lets the requests in flight finish.
+func (s *service) serve(ctx context.Context, ln, opsLn net.Listener) error {
+	bg, stopBackground := context.WithCancel(ctx)
+	var background sync.WaitGroup
+	defer background.Wait()
+	defer stopBackground()
+	s.startBackground(bg, &background)
+
+	servers := []server{s.authServer(opsLn == nil)}
+	listeners := []net.Listener{ln}
+	if opsLn != nil {
+		servers = append(servers, s.newServer(s.opsHandler()))
+		listeners = append(listeners, opsLn)
+	}
+	serveErr := make(chan error, len(servers))
+	for i, srv := range servers {
+		go func() { serveErr <- srv.Serve(listeners[i]) }()
+		s.logger.Info("listening", "addr", listeners[i].Addr().String(), "ops", i > 0 || opsLn == nil)
+	}
+
+	var err error
+	select {
+	case err = <-serveErr:
+		// A listener failed: stop the others too.
+	case <-ctx.Done():
+		s.logger.Info("stopping", "reason", "signal")
+	}
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), s.handler.Timeout+5*time.Second)
+	defer cancel()
+	for _, srv := range servers {
+		if serr := srv.Shutdown(shutdownCtx); serr != nil && err == nil {
+			err = fmt.Errorf("shutdown: %w", serr)
+		}
+	}
+	if err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	s.logger.Info("stopped")
+	return nil
+}
+
+// startBackground starts the probes, the log flusher and the users
+// file's reloads, which run until ctx ends.
+func (s *service) startBackground(ctx context.Context, wg *sync.WaitGroup) {
+	wg.Go(func() { s.health.Run(ctx) })
+	if s.logFlusher != nil {
+		wg.Go(func() { s.logFlusher(ctx) })
+	}
+	if s.usersFile != nil {
+		wg.Go(func() { s.usersFile.Watch(ctx, usersFilePoll) })
+		wg.Go(func() { s.reloadOnHangup(ctx) })
+	}
+}
+
+// authServer is the auth_http server IMAPGATE_HTTP_SERVER asks for,
+// serving the operations endpoints too when withOps is set.
+func (s *service) authServer(withOps bool) server {
+	if s.cfg.HTTPServer == httpServerNetHTTP {
+		h := http1.NetHTTP(s.handler, auth.RequestFields)
+		if withOps {
+			mux := http.NewServeMux()
+			mux.Handle("/", h)
+			ops := s.opsHandler()
+			for _, p := range opsPaths {
+				mux.Handle(p, ops)
+			}
+			h = mux
+		}
+		return s.newServer(h)
+	}
+	srv := &http1.Server{
+		Handler:        s.handler,
+		Fields:         auth.RequestFields,
+		ReadTimeout:    5 * time.Second,
+		WriteTimeout:   5 * time.Second,
+		IdleTimeout:    30 * time.Second,
+		MaxHeaderBytes: maxHeaderBytes,
+		Logger:         s.logger,
+	}
+	if withOps {
+		srv.Fallback = s.opsHandler()
+		srv.FallbackPaths = opsPaths
+	}
+	return srv
+}
+
+// newServer returns a net/http server: the operations endpoints', or the
+// auth listener's with IMAPGATE_HTTP_SERVER=net/http.
+func (s *service) newServer(h http.Handler) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       5 * time.Second,
+		WriteTimeout:      s.handler.Timeout + 5*time.Second,
+		IdleTimeout:       30 * time.Second,
+		MaxHeaderBytes:    maxHeaderBytes,
+		ErrorLog:          slog.NewLogLogger(s.logger.Handler(), slog.LevelWarn),
+	}
+}
+
+// reloadOnHangup rereads the users file on SIGHUP until ctx ends.
+func (s *service) reloadOnHangup(ctx context.Context) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	for {
+		select {
+		case <-hup:
+			s.logger.Info("rereading the users file", "path", s.cfg.UsersFile, "reason", "SIGHUP")
+			// Reload logs the result: the new table, or why the file is
+			// broken and the last good table stays.
+			s.usersFile.Reload()
+		case <-ctx.Done():
+			return
+		}
+	}
+}
