@@ -86,7 +86,7 @@ func scrape(t *testing.T, gw *harness.Gateway) map[string]float64 {
 	return series
 }
 
-// TestCacheAndCoalescing (issue 4): 10 concurrent then 30 sequential
+// TestCacheAndCoalescing: 10 concurrent then 30 sequential
 // identical logins cost the backend at most 2 logins, by Dovecot's own
 // log; the metrics say how each was answered.
 func TestCacheAndCoalescing(t *testing.T) {
@@ -156,7 +156,7 @@ func TestCacheAndCoalescing(t *testing.T) {
 	}
 }
 
-// TestGuessingLimits (issue 4): 40 distinct wrong passwords for one
+// TestGuessingLimits: 40 distinct wrong passwords for one
 // account from one network reach Dovecot at most 10 times, while the owner
 // logs in through nginx from another network; a stale password retried
 // counts once; Auth-Wait grows and stops at the 10th attempt.
@@ -234,7 +234,7 @@ func TestGuessingLimits(t *testing.T) {
 	}
 }
 
-// TestDovecotPenaltyNotTriggeredPastLimit (issue 4): with Dovecot's
+// TestDovecotPenaltyNotTriggeredPastLimit: with Dovecot's
 // per-IP auth penalty on, as Dovecot ships, a guesser's attempts past the
 // limit never reach Dovecot, and those that do are charged to the
 // guesser's own address (imapgate forwards it: IMAP ID x-originating-ip,

@@ -51,7 +51,7 @@ func getPath(t *testing.T, gw *harness.Gateway, path string) (int, string) {
 	return resp.StatusCode, string(body)
 }
 
-// TestMetricsAndReadiness (issue 5): /readyz turns unready when a backend
+// TestMetricsAndReadiness: /readyz turns unready when a backend
 // stops and ready again when it returns, /metrics follows, and a login for
 // the stopped backend is an outage (temporary), never a failed login.
 func TestMetricsAndReadiness(t *testing.T) {
@@ -131,7 +131,7 @@ func TestMetricsAndReadiness(t *testing.T) {
 	}
 }
 
-// TestFail2banFilter (issue 5): the shipped fail2ban filter, run by
+// TestFail2banFilter: the shipped fail2ban filter, run by
 // fail2ban's own fail2ban-regex on imapgate's real log (text and JSON),
 // matches exactly the refused logins and names the client nginx saw, and
 // never an outage or a successful login.
@@ -207,7 +207,7 @@ func TestFail2banFilter(t *testing.T) {
 	}
 }
 
-// TestSIGHUPReloadsUsersFile (issue 5): SIGHUP rereads the users file at
+// TestSIGHUPReloadsUsersFile: SIGHUP rereads the users file at
 // once; a broken file is logged and the last good table stays.
 func TestSIGHUPReloadsUsersFile(t *testing.T) {
 	t.Parallel()

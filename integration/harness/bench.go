@@ -214,11 +214,17 @@ type MailProxy struct {
 // very configuration StartGateway gives the scenarios' nginx, asking
 // auth_http at authAddr (imapgate, or the nginx of StartNginx204).
 func (e *Env) StartMailProxy(ctx context.Context, name, ip, authAddr string) (*MailProxy, error) {
+	return e.StartMailProxyWithSecret(ctx, name, ip, authAddr, "")
+}
+
+// StartMailProxyWithSecret is StartMailProxy with nginx sending secret in
+// X-Imapgate-Secret (auth_http_header), as the README's snippet does.
+func (e *Env) StartMailProxyWithSecret(ctx context.Context, name, ip, authAddr, secret string) (*MailProxy, error) {
 	dir := filepath.Join(e.Dir, name)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
-	p, err := startMailNginx(ctx, e.pidDir, name, dir, ip, authAddr, "")
+	p, err := startMailNginx(ctx, e.pidDir, name, dir, ip, authAddr, secret)
 	if err != nil {
 		return nil, err
 	}

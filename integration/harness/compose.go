@@ -34,9 +34,7 @@ func ComposeDovecotConfig() ([]byte, error) {
 		AuthPenalty        bool
 		ContainerMode      bool
 	}{Name: "compose", Dir: ComposeDovecotDir, BaseDir: "/run/dovecot", ContainerMode: true}
-	for _, l := range standardListeners("*") {
-		data.Listeners = append(data.Listeners, l)
-	}
+	data.Listeners = append(data.Listeners, standardListeners("*")...)
 	var buf bytes.Buffer
 	buf.WriteString("# GENERATED from integration/dovecot/dovecot.conf.tmpl for docker-compose.yml; do not edit.\n" +
 		"# Regenerate: go test ./integration/ -run TestComposeDovecotConfig -update\n")

@@ -90,16 +90,6 @@ func (b *Backend) Password(user string) (string, bool) {
 // IMAPAddr returns the standard IMAP address (port 143).
 func (b *Backend) IMAPAddr() string { return net.JoinHostPort(b.IP, "143") }
 
-// listener returns the first listener called name.
-func (b *Backend) listener(name string) (Listener, bool) {
-	for _, l := range b.Listeners {
-		if l.Name == name {
-			return l, true
-		}
-	}
-	return Listener{}, false
-}
-
 // render writes the instance's run directory: dovecot.conf from the one
 // template, the passwd-file, the certificate and an empty mail store.
 func (b *Backend) render() error {

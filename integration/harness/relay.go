@@ -222,9 +222,7 @@ func readData(br *bufio.Reader) (string, error) {
 		if line == ".\r\n" || line == ".\n" {
 			return b.String(), nil
 		}
-		if strings.HasPrefix(line, ".") {
-			line = line[1:]
-		}
+		line = strings.TrimPrefix(line, ".")
 		b.WriteString(line)
 		if b.Len() > 10<<20 {
 			return "", errors.New("message too large")

@@ -1,5 +1,5 @@
 // Command bench measures imapgate against what it stands between, on this
-// machine, and prints a markdown table (issue 6):
+// machine, and prints a markdown table:
 //
 //   - cached answer: requests/s of imapgate answering from its cache vs
 //     nginx's own `return 204` auth location with the same headers, a new
@@ -49,6 +49,7 @@ const (
 	ipCold      = "127.0.3.2" // imapgate with the cache off + its nginx
 	ip204       = "127.0.3.3" // nginx `return 204` + the nginx that asks it
 	ipSteady    = "127.0.3.4" // imapgate with the default TTL + its nginx
+	ipNetHTTP   = "127.0.3.5" // imapgate on net/http, cache TTL as ipWarm
 	ipMemory    = "127.0.3.5" // imapgate of the memory figure
 	addrSlowIMP = "127.0.3.6:10143"
 )
@@ -158,6 +159,7 @@ type bench struct {
 	stops    []func()
 
 	warm, cold, steady *harness.Process
+	netHTTP            *harness.Process
 	nginx204           *harness.Process
 	mailWarm, mailCold *harness.MailProxy
 	mail204, mailStdy  *harness.MailProxy
@@ -264,6 +266,11 @@ func (b *bench) start(ctx context.Context) error {
 	if b.warm, err = imapgate("imapgate-warm", ipWarm, map[string]string{"IMAPGATE_CACHE_TTL": "24h"}); err != nil {
 		return err
 	}
+	// The same as warm on the standard library's HTTP server: the cached
+	// answer shows whether imapgate's own server still earns its keep.
+	if b.netHTTP, err = imapgate("imapgate-nethttp", ipNetHTTP, map[string]string{"IMAPGATE_CACHE_TTL": "24h", "IMAPGATE_HTTP_SERVER": "net/http"}); err != nil {
+		return err
+	}
 	if b.cold, err = imapgate("imapgate-cold", ipCold, map[string]string{"IMAPGATE_CACHE_TTL": "0"}); err != nil {
 		return err
 	}
@@ -299,7 +306,7 @@ func (b *bench) start(ctx context.Context) error {
 
 	// Each path answers a login before anything is measured.
 	a := b.accounts[0]
-	for _, addr := range []string{ipWarm + ":9180", ipCold + ":9180", ip204 + ":9180"} {
+	for _, addr := range []string{ipWarm + ":9180", ipNetHTTP + ":9180", ipCold + ":9180", ip204 + ":9180"} {
 		if err := authOK(addr, authRequestBytes(addr, a.User, a.Password)); err != nil {
 			return fmt.Errorf("auth_http %s: %w", addr, err)
 		}
@@ -326,11 +333,17 @@ func (b *bench) userFor(w, conc, i int) dovecot.Account {
 // cachedAnswer: wrk against imapgate (cache warm) and nginx's `return 204`.
 func (b *bench) cachedAnswer(ctx context.Context, r *report) error {
 	a := b.accounts[0]
-	igAddr, ngAddr := ipWarm+":9180", ip204+":9180"
-	if err := authOK(igAddr, authRequestBytes(ipWarm, a.User, a.Password)); err != nil {
-		return err
+	igAddr, ngAddr, nhAddr := ipWarm+":9180", ip204+":9180", ipNetHTTP+":9180"
+	for _, addr := range []string{igAddr, nhAddr} {
+		if err := authOK(addr, authRequestBytes(addr, a.User, a.Password)); err != nil {
+			return err
+		}
 	}
 	igScript, err := wrkScript(b.env.Dir, "imapgate", authRequestBytes(ipWarm, a.User, a.Password))
+	if err != nil {
+		return err
+	}
+	nhScript, err := wrkScript(b.env.Dir, "nethttp", authRequestBytes(ipNetHTTP, a.User, a.Password))
 	if err != nil {
 		return err
 	}
@@ -350,6 +363,7 @@ func (b *bench) cachedAnswer(ctx context.Context, r *report) error {
 		}{
 			{"imapgate", igScript, "http://" + igAddr + "/mail/auth.php", &r.cachedIG},
 			{"nginx 204", ngScript, "http://" + ngAddr + "/mail/auth.php", &r.cachedNginx},
+			{"net/http", nhScript, "http://" + nhAddr + "/mail/auth.php", &r.cachedNetHTTP},
 		} {
 			res, err := runWrk(ctx, side.script, side.url, b.cfg.wrkThreads, b.cfg.wrkConns, b.cfg.wrkDuration)
 			if err != nil {
