@@ -212,6 +212,17 @@ func parseBackend(item string, d Defaults, allowOptions bool) (*Backend, error) 
 		return b, nil
 	}
 
+	tlsCheck, err := b.parseURLs(spec, d.Ports, opts)
+	if err != nil {
+		return nil, err
+	}
+	b.fillCheck(tlsCheck, opts.verify, d.Ports, implicitTLS)
+	return b, nil
+}
+
+// parseURLs parses the URL form of a spec into b.Proxy, and returns the
+// implicit-TLS check URLs (imaps://, pop3s://).
+func (b *Backend) parseURLs(spec string, ports Ports, opts checkOptions) (map[imapcheck.Protocol]Endpoint, error) {
 	tlsCheck := make(map[imapcheck.Protocol]Endpoint)
 	seen := make(map[string]bool)
 	for u := range strings.SplitSeq(spec, ",") {
@@ -219,7 +230,7 @@ func parseBackend(item string, d Defaults, allowOptions bool) (*Backend, error) 
 		if u == "" {
 			continue
 		}
-		s, schemeName, ep, err := parseURL(u, d.Ports)
+		s, schemeName, ep, err := parseURL(u, ports)
 		if err != nil {
 			return nil, fmt.Errorf("backend %q: URL %q: %w", b.Name, u, err)
 		}
@@ -240,8 +251,7 @@ func parseBackend(item string, d Defaults, allowOptions bool) (*Backend, error) 
 		// imaps:// and pop3s:// name only where the check connects.
 		return nil, fmt.Errorf("backend %q: no proxied protocol: list at least one of imap://, pop3://, smtp://", b.Name)
 	}
-	b.fillCheck(tlsCheck, opts.verify, d.Ports, implicitTLS)
-	return b, nil
+	return tlsCheck, nil
 }
 
 // fillCheck sets b.Check from b.Proxy, the implicit-TLS URLs (imaps://,
