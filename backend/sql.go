@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/url"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/go-sql-driver/mysql"
@@ -58,11 +57,6 @@ type SQL struct {
 	secret  string
 }
 
-// silenceMySQLLog keeps go-sql-driver/mysql's own log (connection
-// trouble, printed to stderr) out of imapgate's output, which is slog
-// only; the errors it describes reach the caller anyway.
-var silenceMySQLLog sync.Once
-
 // OpenSQL checks cfg and prepares the pool. It does not connect: a
 // database that is down at start is a directory that is down, reported
 // by Ping and by lookups, not a reason not to start.
@@ -86,7 +80,6 @@ func OpenSQL(cfg SQLConfig) (*SQL, error) {
 		if err != nil {
 			return nil, redact(fmt.Errorf("sql: URL: %w", err), password)
 		}
-		silenceMySQLLog.Do(func() { _ = mysql.SetLogger(&mysql.NopLogger{}) })
 		conn, err := mysql.NewConnector(mc)
 		if err != nil {
 			return nil, redact(fmt.Errorf("sql: URL: %w", err), password)
@@ -156,6 +149,10 @@ func mysqlConfig(u *url.URL, timeout time.Duration) (*mysql.Config, error) {
 	mc.User = u.User.Username()
 	mc.Passwd, _ = u.User.Password()
 	mc.DBName = dbName
+	// The driver's own log (connection trouble, printed to stderr) stays
+	// out of imapgate's output, which is slog only; what it reports
+	// reaches the caller as errors, or is retried.
+	mc.Logger = &mysql.NopLogger{}
 	for _, d := range []*time.Duration{&mc.Timeout, &mc.ReadTimeout, &mc.WriteTimeout} {
 		if *d == 0 {
 			*d = timeout
