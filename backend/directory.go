@@ -51,6 +51,21 @@ type AnswerError struct {
 
 func (e *AnswerError) Error() string { return e.Msg }
 
+// ConfigError is a bad field of an SQLConfig or LDAPConfig. Field is the
+// field's name (URL, Query, Filter, BaseDN, BindDN, BindPassword, CAFile),
+// so that the caller can name the setting the operator must fix.
+type ConfigError struct {
+	Field string
+	Err   error
+}
+
+func (e *ConfigError) Error() string { return e.Err.Error() }
+
+// Unwrap returns the cause.
+func (e *ConfigError) Unwrap() error { return e.Err }
+
+func configError(field string, err error) error { return &ConfigError{Field: field, Err: err} }
+
 // Directory is the Selector of a Source with a cache in front: answers are
 // kept for TTL (no-such-user answers for NegativeTTL), coalesced so that
 // concurrent lookups of one user ask the source once, and, when the

@@ -77,7 +77,8 @@ type LDAP struct {
 	closed bool
 }
 
-// OpenLDAP checks cfg. It does not connect: a directory that is down at
+// OpenLDAP checks cfg; a bad field is a *ConfigError naming it. It does
+// not connect: a directory that is down at
 // start is reported by Ping and by lookups.
 func OpenLDAP(cfg LDAPConfig) (*LDAP, error) {
 	if cfg.Filter == "" {
@@ -95,29 +96,34 @@ func OpenLDAP(cfg LDAPConfig) (*LDAP, error) {
 	}
 	host, err := checkLDAPURL(cfg.URL, cfg.StartTLS)
 	if err != nil {
-		return nil, err
+		return nil, configError("URL", err)
 	}
 	if err := checkLDAPFilter(cfg.Filter); err != nil {
-		return nil, err
+		return nil, configError("Filter", err)
 	}
 	if cfg.BaseDN == "" {
-		return nil, errors.New("ldap: base DN: empty")
+		return nil, configError("BaseDN", errors.New("ldap: base DN: empty"))
 	}
 	if _, err := ldap.ParseDN(cfg.BaseDN); err != nil {
-		return nil, fmt.Errorf("ldap: base DN %q: %w", cfg.BaseDN, err)
+		return nil, configError("BaseDN", fmt.Errorf("ldap: base DN %q: %w", cfg.BaseDN, err))
 	}
-	if cfg.BindDN != "" && cfg.BindPassword == "" {
-		return nil, errors.New("ldap: bind DN set but no bind password")
+	if cfg.BindDN != "" {
+		if _, err := ldap.ParseDN(cfg.BindDN); err != nil {
+			return nil, configError("BindDN", fmt.Errorf("ldap: bind DN %q: %w", cfg.BindDN, err))
+		}
+		if cfg.BindPassword == "" {
+			return nil, configError("BindPassword", errors.New("ldap: bind DN set but no bind password"))
+		}
 	}
 	tc := &tls.Config{ServerName: host, MinVersion: tls.VersionTLS12}
 	if cfg.CAFile != "" {
 		pem, err := os.ReadFile(cfg.CAFile)
 		if err != nil {
-			return nil, fmt.Errorf("ldap: CA file: %w", err)
+			return nil, configError("CAFile", fmt.Errorf("ldap: CA file: %w", err))
 		}
 		tc.RootCAs = x509.NewCertPool()
 		if !tc.RootCAs.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("ldap: CA file: no PEM certificate in %s", cfg.CAFile)
+			return nil, configError("CAFile", fmt.Errorf("ldap: CA file: no PEM certificate in %s", cfg.CAFile))
 		}
 	}
 	return &LDAP{cfg: cfg, tls: tc, timeout: timeout, answers: newAnswers(cfg.Backends, cfg.Defaults),

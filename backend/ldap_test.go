@@ -2,6 +2,7 @@ package backend
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -18,6 +19,7 @@ func TestOpenLDAPErrors(t *testing.T) {
 		change func(*LDAPConfig)
 		want   string
 	}{
+		{"bad bind DN", func(c *LDAPConfig) { c.BindDN, c.BindPassword = "cn=x,,", "pw" }, "bind DN"},
 		{"scheme", func(c *LDAPConfig) { c.URL = "http://h" }, `scheme "http"`},
 		{"no host", func(c *LDAPConfig) { c.URL = "ldap://" }, "no host"},
 		{"base DN in URL", func(c *LDAPConfig) { c.URL = "ldap://h/dc=example,dc=org" }, "settings of their own"},
@@ -36,8 +38,13 @@ func TestOpenLDAPErrors(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			cfg := ok
 			tt.change(&cfg)
-			if _, err := OpenLDAP(cfg); err == nil || !strings.Contains(err.Error(), tt.want) {
+			_, err := OpenLDAP(cfg)
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
 				t.Errorf("OpenLDAP: %v, want %q", err, tt.want)
+			}
+			var ce *ConfigError
+			if !errors.As(err, &ce) || ce.Field == "" {
+				t.Errorf("OpenLDAP: %v is not a ConfigError naming a field", err)
 			}
 		})
 	}

@@ -57,7 +57,8 @@ type SQL struct {
 	secret  string
 }
 
-// OpenSQL checks cfg and prepares the pool. It does not connect: a
+// OpenSQL checks cfg and prepares the pool. A bad field is a
+// *ConfigError naming it. It does not connect: a
 // database that is down at start is a directory that is down, reported
 // by Ping and by lookups, not a reason not to start.
 func OpenSQL(cfg SQLConfig) (*SQL, error) {
@@ -68,7 +69,7 @@ func OpenSQL(cfg SQLConfig) (*SQL, error) {
 	u, err := url.Parse(cfg.URL)
 	if err != nil {
 		// url.Error quotes the whole URL, password included.
-		return nil, errors.New("sql: URL: not a valid URL (percent-encode special characters in the user name and password)")
+		return nil, configError("URL", errors.New("sql: URL: not a valid URL (percent-encode special characters in the user name and password)"))
 	}
 	password, _ := u.User.Password()
 	var db *sql.DB
@@ -78,29 +79,29 @@ func OpenSQL(cfg SQLConfig) (*SQL, error) {
 		dialect = dialectMySQL
 		mc, err := mysqlConfig(u, timeout)
 		if err != nil {
-			return nil, redact(fmt.Errorf("sql: URL: %w", err), password)
+			return nil, configError("URL", redact(fmt.Errorf("sql: URL: %w", err), password))
 		}
 		conn, err := mysql.NewConnector(mc)
 		if err != nil {
-			return nil, redact(fmt.Errorf("sql: URL: %w", err), password)
+			return nil, configError("URL", redact(fmt.Errorf("sql: URL: %w", err), password))
 		}
 		db = sql.OpenDB(conn)
 	case "postgres", "postgresql":
 		dialect = dialectPostgres
 		pc, err := pgx.ParseConfig(cfg.URL)
 		if err != nil {
-			return nil, redact(fmt.Errorf("sql: URL: %w", err), password)
+			return nil, configError("URL", redact(fmt.Errorf("sql: URL: %w", err), password))
 		}
 		if pc.ConnectTimeout == 0 || pc.ConnectTimeout > timeout {
 			pc.ConnectTimeout = timeout
 		}
 		db = stdlib.OpenDB(*pc)
 	default:
-		return nil, fmt.Errorf("sql: URL: scheme %q: want mysql:// (MySQL, MariaDB) or postgres:// (PostgreSQL)", u.Scheme)
+		return nil, configError("URL", fmt.Errorf("sql: URL: scheme %q: want mysql:// (MySQL, MariaDB) or postgres:// (PostgreSQL)", u.Scheme))
 	}
 	if err := checkQuery(cfg.Query, dialect); err != nil {
 		db.Close()
-		return nil, fmt.Errorf("sql: query: %w", err)
+		return nil, configError("Query", fmt.Errorf("sql: query: %w", err))
 	}
 	return newSQL(db, cfg, timeout, password), nil
 }

@@ -213,6 +213,10 @@ func TestOpenSQLErrors(t *testing.T) {
 		if strings.Contains(err.Error(), "pw") {
 			t.Errorf("OpenSQL(%q) error %q quotes the password", tt.url, err)
 		}
+		var ce *ConfigError
+		if wantField := map[bool]string{true: "Query", false: "URL"}[strings.Contains(err.Error(), "query")]; !errors.As(err, &ce) || ce.Field != wantField {
+			t.Errorf("OpenSQL(%q, %q): %v is not a ConfigError for %s", tt.url, tt.query, err, wantField)
+		}
 	}
 }
 
