@@ -40,6 +40,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzPOP3Reply$$' -fuzztime $(FUZZTIME) ./imapcheck
 	$(GO) test -run '^$$' -fuzz '^FuzzParseBackends$$' -fuzztime $(FUZZTIME) ./backend
 	$(GO) test -run '^$$' -fuzz '^FuzzParseUsersFile$$' -fuzztime $(FUZZTIME) ./backend
+	$(GO) test -run '^$$' -fuzz '^FuzzParseBackendsWith$$' -fuzztime $(FUZZTIME) ./backend
 
 ## demo: two Dovecots, nginx and imapgate on loopback; log in through nginx
 demo: deps

@@ -10,6 +10,7 @@ package backend
 
 import (
 	"context"
+	"crypto/x509"
 	"net"
 	"strconv"
 
@@ -37,8 +38,26 @@ type Backend struct {
 	Proxy map[imapcheck.Protocol]Endpoint
 	// Check is where imapgate logs in to verify a password, for IMAP and
 	// POP3. It equals Proxy unless the check uses implicit TLS, which
-	// listens on its own ports (993, 995).
+	// listens on its own ports (993, 995), or the backend names its own
+	// check address (verify-imap=, verify-pop3=): the Cyrus howto proxies
+	// to a local TLS frontend but checks on the server itself.
 	Check map[imapcheck.Protocol]Endpoint
+	// CheckTLS is how the check protects its connection to this backend:
+	// its own verify-tls= and verify-ca-file=, else the global settings.
+	CheckTLS CheckTLS
+}
+
+// CheckTLS is how the check protects its connection to one backend.
+type CheckTLS struct {
+	// Security is the backend's verify-tls=, else the mode its spec was
+	// parsed with (IMAPGATE_VERIFY_TLS).
+	Security imapcheck.Security
+	// CAFile is the PEM bundle that verifies the backend's certificate;
+	// "" means IMAPGATE_VERIFY_CA_FILE (or the system roots).
+	CAFile string
+	// Roots holds CAFile's certificates once LoadCheckRoots has read it;
+	// nil means the Verifier's roots.
+	Roots *x509.CertPool
 }
 
 // Selector picks the backend a user's mail lives on.

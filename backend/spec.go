@@ -72,7 +72,29 @@ func (p Ports) defaultPort(s scheme) uint16 {
 	}
 }
 
-// ParseBackends parses the backend list (IMAPGATE_BACKENDS): items
+// Defaults are what a backend spec leaves to the global settings.
+type Defaults struct {
+	// Ports are the ports of host-only specs and of URLs that name none.
+	Ports Ports
+	// Security is the check's TLS mode (IMAPGATE_VERIFY_TLS) for the
+	// backends whose spec has no verify-tls option.
+	Security imapcheck.Security
+}
+
+// ParseBackends parses the backend list as ParseBackendsWith does, with
+// the check's TLS mode told only as implicit TLS or not. It refuses the
+// per-backend check options, which need the mode itself.
+//
+// Deprecated: use ParseBackendsWith.
+func ParseBackends(spec string, ports Ports, implicitTLS bool) (map[string]*Backend, error) {
+	d := Defaults{Ports: ports, Security: imapcheck.SecurityNone}
+	if implicitTLS {
+		d.Security = imapcheck.SecurityTLS
+	}
+	return parseBackends(spec, d, false)
+}
+
+// ParseBackendsWith parses the backend list (IMAPGATE_BACKENDS): items
 // separated by ';', each name=spec. The spec is either a host (an IPv4
 // literal, an IPv6 literal with or without brackets, or a DNS name) served
 // on the default ports for IMAP, POP3 and SMTP, or a ','-separated list of
@@ -81,25 +103,46 @@ func (p Ports) defaultPort(s scheme) uint16 {
 // endpoints. A URL without a port uses the default port of its scheme.
 // In URL form, a protocol not listed is not served by the backend.
 //
-// Check holds IMAP and POP3. When implicitTLS is false it equals Proxy and
-// imaps/pop3s URLs are accepted but unused, so that switching the check's
-// TLS mode needs no change to the backend list. When implicitTLS is true it
-// is the imaps/pop3s URL if given, else the proxied host on ports.IMAPS or
-// ports.POP3S.
+// Check holds IMAP and POP3. When the check's TLS mode is not tls it
+// equals Proxy and imaps/pop3s URLs are accepted but unused, so that
+// switching the check's TLS mode needs no change to the backend list.
+// When it is tls it is the imaps/pop3s URL if given, else the proxied host
+// on the IMAPS or POP3S port.
+//
+// Either form may be followed by ','-separated options that set the
+// backend's own check, for a backend whose check address or TLS differs
+// from the others' (the Cyrus howto's server3, proxied to a local TLS
+// frontend and checked on the server itself over TLS):
+//
+//	verify-imap=host[:port]  where the IMAP check logs in
+//	verify-pop3=host[:port]  where the POP3 check logs in
+//	verify-tls=none|starttls|tls  the check's TLS mode (IMAPGATE_VERIFY_TLS)
+//	verify-ca-file=path      CA bundle for its certificate (IMAPGATE_VERIFY_CA_FILE)
+//
+// as in "server3=imap://127.0.0.1:9143,verify-imap=server3:993,verify-tls=tls".
+// A verify address without a port uses the IMAPS/POP3S port when the
+// backend's mode is tls, else the IMAP/POP3 port. The options go to
+// Backend.CheckTLS; LoadCheckRoots reads the CA files.
 //
 // Whitespace around items is ignored, and so are empty items (a trailing
 // ';'). Every other mistake is an error that quotes the offending item:
 // a configuration typo must stop the service, not send users elsewhere.
 // IP literals are stored in canonical form (IPv4-mapped IPv6 unmapped).
-func ParseBackends(spec string, ports Ports, implicitTLS bool) (map[string]*Backend, error) {
-	ports = ports.withDefaults()
+func ParseBackendsWith(spec string, d Defaults) (map[string]*Backend, error) {
+	return parseBackends(spec, d, true)
+}
+
+// parseBackends parses the list; options says whether the per-backend
+// check options are allowed.
+func parseBackends(spec string, d Defaults, options bool) (map[string]*Backend, error) {
+	d.Ports = d.Ports.withDefaults()
 	backends := make(map[string]*Backend)
 	for item := range strings.SplitSeq(spec, ";") {
 		item = strings.TrimSpace(item)
 		if item == "" {
 			continue
 		}
-		b, err := parseBackend(item, ports, implicitTLS)
+		b, err := parseBackend(item, d, options)
 		if err != nil {
 			return nil, fmt.Errorf("backends: item %q: %w", item, err)
 		}
@@ -115,7 +158,7 @@ func ParseBackends(spec string, ports Ports, implicitTLS bool) (map[string]*Back
 }
 
 // parseBackend parses one name=spec item.
-func parseBackend(item string, ports Ports, implicitTLS bool) (*Backend, error) {
+func parseBackend(item string, d Defaults, allowOptions bool) (*Backend, error) {
 	name, spec, ok := strings.Cut(item, "=")
 	if !ok {
 		return nil, errors.New("missing '=': want name=spec")
@@ -127,23 +170,48 @@ func parseBackend(item string, ports Ports, implicitTLS bool) (*Backend, error) 
 	if spec == "" {
 		return nil, fmt.Errorf("backend %q: empty spec: want a host or a list of URLs", name)
 	}
-	b := &Backend{
-		Name:  name,
-		Proxy: make(map[imapcheck.Protocol]Endpoint),
-		Check: make(map[imapcheck.Protocol]Endpoint),
+	spec, rawOpts := splitOptions(spec)
+	if len(rawOpts) > 0 && !allowOptions {
+		return nil, fmt.Errorf("backend %q: option %q: per-backend check options need ParseBackendsWith", name, rawOpts[0])
 	}
+	opts, err := parseOptions(rawOpts, d)
+	if err != nil {
+		return nil, fmt.Errorf("backend %q: %w", name, err)
+	}
+	if spec == "" {
+		return nil, fmt.Errorf("backend %q: no address before the options: want a host or a list of URLs", name)
+	}
+	b := &Backend{
+		Name:     name,
+		Proxy:    make(map[imapcheck.Protocol]Endpoint),
+		Check:    make(map[imapcheck.Protocol]Endpoint),
+		CheckTLS: opts.tls,
+	}
+	b.CheckTLS.Security = opts.security(d)
+	implicitTLS := opts.security(d) == imapcheck.SecurityTLS
 	if !strings.Contains(spec, "://") {
 		host, err := parseHost(spec)
 		if err != nil {
 			return nil, fmt.Errorf("backend %q: %w", name, err)
 		}
-		b.Proxy[imapcheck.IMAP] = Endpoint{host, ports.IMAP}
-		b.Proxy[imapcheck.POP3] = Endpoint{host, ports.POP3}
-		b.Proxy[imapcheck.SMTP] = Endpoint{host, ports.SMTP}
-		b.fillCheck(nil, ports, implicitTLS)
+		b.Proxy[imapcheck.IMAP] = Endpoint{host, d.Ports.IMAP}
+		b.Proxy[imapcheck.POP3] = Endpoint{host, d.Ports.POP3}
+		b.Proxy[imapcheck.SMTP] = Endpoint{host, d.Ports.SMTP}
+		b.fillCheck(nil, opts.verify, d.Ports, implicitTLS)
 		return b, nil
 	}
 
+	tlsCheck, err := b.parseURLs(spec, d.Ports, opts)
+	if err != nil {
+		return nil, err
+	}
+	b.fillCheck(tlsCheck, opts.verify, d.Ports, implicitTLS)
+	return b, nil
+}
+
+// parseURLs parses the URL form of a spec into b.Proxy, and returns the
+// implicit-TLS check URLs (imaps://, pop3s://).
+func (b *Backend) parseURLs(spec string, ports Ports, opts checkOptions) (map[imapcheck.Protocol]Endpoint, error) {
 	tlsCheck := make(map[imapcheck.Protocol]Endpoint)
 	seen := make(map[string]bool)
 	for u := range strings.SplitSeq(spec, ",") {
@@ -159,32 +227,39 @@ func parseBackend(item string, ports Ports, implicitTLS bool) (*Backend, error) 
 			return nil, fmt.Errorf("backend %q: URL %q: scheme %s given twice", b.Name, u, schemeName)
 		}
 		seen[schemeName] = true
-		if s.tls {
-			tlsCheck[s.proto] = ep
-		} else {
+		if !s.tls {
 			b.Proxy[s.proto] = ep
+			continue
 		}
+		if _, both := opts.verify[s.proto]; both {
+			return nil, fmt.Errorf("backend %q: URL %q: verify-%s names the check address already; give one of them", b.Name, u, s.proto)
+		}
+		tlsCheck[s.proto] = ep
 	}
 	if len(b.Proxy) == 0 {
 		// imaps:// and pop3s:// name only where the check connects.
 		return nil, fmt.Errorf("backend %q: no proxied protocol: list at least one of imap://, pop3://, smtp://", b.Name)
 	}
-	b.fillCheck(tlsCheck, ports, implicitTLS)
-	return b, nil
+	return tlsCheck, nil
 }
 
-// fillCheck sets b.Check from b.Proxy and the explicit implicit-TLS
-// endpoints.
-func (b *Backend) fillCheck(tlsCheck map[imapcheck.Protocol]Endpoint, ports Ports, implicitTLS bool) {
+// fillCheck sets b.Check from b.Proxy, the implicit-TLS URLs (imaps://,
+// pop3s://, used only when implicitTLS) and the verify-imap/verify-pop3
+// options (used in every TLS mode).
+func (b *Backend) fillCheck(tlsURLs, verify map[imapcheck.Protocol]Endpoint, ports Ports, implicitTLS bool) {
 	for _, p := range []imapcheck.Protocol{imapcheck.IMAP, imapcheck.POP3} {
 		proxy, served := b.Proxy[p]
+		if ep, ok := verify[p]; ok {
+			b.Check[p] = ep
+			continue
+		}
 		switch {
 		case !implicitTLS:
 			if served {
 				b.Check[p] = proxy
 			}
-		case tlsCheck[p] != Endpoint{}:
-			b.Check[p] = tlsCheck[p]
+		case tlsURLs[p] != Endpoint{}:
+			b.Check[p] = tlsURLs[p]
 		case served:
 			port := ports.IMAPS
 			if p == imapcheck.POP3 {

@@ -165,6 +165,12 @@ func TestParseBackends(t *testing.T) {
 			if err != nil {
 				t.Fatalf("ParseBackends(%q): %v", tt.spec, err)
 			}
+			if tt.implicitTLS {
+				// Every backend's check is over TLS then.
+				for _, b := range tt.want {
+					b.CheckTLS.Security = imapcheck.SecurityTLS
+				}
+			}
 			if !reflect.DeepEqual(got, tt.want) {
 				for _, name := range slices.Sorted(maps.Keys(got)) {
 					t.Logf("got %s: %+v", name, *got[name])

@@ -31,6 +31,13 @@ need debootstrap "command -v debootstrap"
 need fail2ban "command -v fail2ban-regex"
 need wrk "command -v wrk"
 need ca-certificates "test -e /etc/ssl/certs/ca-certificates.crt"
+# The routing scenarios' directories, run as processes on their own
+# directories (never the system services), and nginx's stream module for
+# the Cyrus howto's TLS frontends. Cyrus itself runs in a container.
+need mariadb-server "command -v mariadbd && command -v mariadb-install-db"
+need postgresql-15 "test -x /usr/lib/postgresql/15/bin/initdb"
+need slapd "test -x /usr/sbin/slapd && test -x /usr/sbin/slapadd"
+need libnginx-mod-stream "test -e /usr/lib/nginx/modules/ngx_stream_module.so || nginx -V 2>&1 | grep -q -- '--with-stream '"
 # Compose, for TestCompose and docker-compose.yml: only on a machine with a
 # Docker client, and only when neither `docker compose` (v2) nor
 # docker-compose (v1.29, Debian's package) is there.
@@ -73,7 +80,7 @@ DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $missi
 
 # Packages whose postinst ignored policy-rc.d (or a machine where services
 # start anyway): make sure nothing the tests need is held by a system daemon.
-for svc in dovecot nginx; do
+for svc in dovecot nginx mariadb postgresql slapd; do
 	if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$svc" 2>/dev/null; then
 		log "stopping the system $svc service (it would hold the test ports)"
 		systemctl stop "$svc" || true

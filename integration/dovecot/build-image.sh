@@ -16,12 +16,19 @@
 #   IMAPGATE_IT_IMAGE   image tag            (default imapgate-test/dovecot:2.3)
 #   IMAPGATE_IT_CACHE   rootfs/tarball cache (default /var/cache/imapgate-it)
 #   DEBIAN_MIRROR       apt mirror           (default: from /etc/apt sources)
+#   IMAPGATE_IT_ROOTFS, IMAPGATE_IT_PACKAGES, IMAPGATE_IT_EXPOSE, IMAPGATE_IT_CMD
+#                       another image from the same steps: the cached tarball's
+#                       name, the packages, EXPOSE and CMD (integration/cyrus)
 #
 # The tarballs in the cache are reused: once built, a lost image is re-imported
 # in seconds, with no network.
 set -eu
 
 IMAGE=${IMAPGATE_IT_IMAGE:-imapgate-test/dovecot:2.3}
+ROOTFS=${IMAPGATE_IT_ROOTFS:-bookworm-dovecot}
+PACKAGES=${IMAPGATE_IT_PACKAGES:-dovecot-imapd,dovecot-pop3d}
+EXPOSE=${IMAPGATE_IT_EXPOSE:-110 143 993 995}
+CMD_JSON=${IMAPGATE_IT_CMD:-'["/usr/sbin/dovecot", "-F"]'}
 BASE_IMAGE=debian:bookworm-slim
 CACHE=${IMAPGATE_IT_CACHE:-/var/cache/imapgate-it}
 SUITE=bookworm
@@ -103,11 +110,11 @@ if [ "$FORCE" = 0 ] && docker image inspect "$IMAGE" >/dev/null 2>&1; then
 	exit 0
 fi
 
-rootfs_tar bookworm-dovecot dovecot-imapd,dovecot-pop3d
-log "docker import $CACHE/bookworm-dovecot.tar as $IMAGE"
-# Keep these in step with the Dockerfile's EXPOSE and CMD.
+rootfs_tar "$ROOTFS" "$PACKAGES"
+log "docker import $CACHE/$ROOTFS.tar as $IMAGE"
+# Keep the defaults in step with the Dockerfile's EXPOSE and CMD.
 docker import \
-	-c 'EXPOSE 110 143 993 995' \
-	-c 'CMD ["/usr/sbin/dovecot", "-F"]' \
-	"$CACHE/bookworm-dovecot.tar" "$IMAGE" >/dev/null
+	-c "EXPOSE $EXPOSE" \
+	-c "CMD $CMD_JSON" \
+	"$CACHE/$ROOTFS.tar" "$IMAGE" >/dev/null
 log "built $IMAGE"

@@ -51,7 +51,10 @@ func startProcess(name, logPath, pidDir string, cmd *exec.Cmd) (*Process, error)
 	}
 	cmd.Stdout = pw
 	cmd.Stderr = pw
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if cmd.SysProcAttr == nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{}
+	}
+	cmd.SysProcAttr.Setpgid = true
 	if err := cmd.Start(); err != nil {
 		pr.Close()
 		pw.Close()
