@@ -70,6 +70,8 @@ func (h *Handler) check(ctx context.Context, a attempt, t target) checkResult {
 		Protocol:   t.proto,
 		Address:    t.check.String(),
 		ServerName: t.check.Host,
+		Security:   t.backend.CheckTLS.Security,
+		Roots:      t.backend.CheckTLS.Roots,
 		User:       a.req.User,
 		Password:   a.req.Password,
 		ClientIP:   a.req.ClientIP,

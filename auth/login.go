@@ -56,6 +56,8 @@ type attempt struct {
 type target struct {
 	backend *backend.Backend
 	rule    string
+	// stale names the directory that routed with an expired answer.
+	stale string
 	// proto is the protocol the check logs in with; check its address.
 	proto imapcheck.Protocol
 	check backend.Endpoint
@@ -98,7 +100,8 @@ func (h *Handler) guard(a attempt) (Verdict, bool) {
 // route finds the attempt's backend and the address to check it on, and
 // answers at once when it cannot be checked there.
 func (h *Handler) route(ctx context.Context, a attempt) (target, Verdict, bool) {
-	r, err := h.Routes.Route(ctx, a.req.User)
+	var trace backend.Trace
+	r, err := h.Routes.Route(backend.WithTrace(ctx, &trace), a.req.User)
 	if err != nil {
 		// A rule that cannot tell now: never a wrong password, and never
 		// the next rule's backend.
@@ -110,7 +113,10 @@ func (h *Handler) route(ctx context.Context, a attempt) (target, Verdict, bool) 
 		return target{}, h.failed(a, Verdict{Reason: ReasonNoBackend}), false
 	}
 	t := target{backend: r.Backend, rule: r.Rule, proto: h.checkProtocol(a.req.Protocol)}
-	v := Verdict{Outcome: OutcomeTemporary, Backend: t.backend.Name, Rule: t.rule}
+	if len(trace.Stale) > 0 {
+		t.stale = trace.Stale[0].Directory
+	}
+	v := Verdict{Outcome: OutcomeTemporary, Backend: t.backend.Name, Rule: t.rule, Stale: t.stale}
 	var ok bool
 	if _, served := t.backend.Proxy[a.req.Protocol]; !served {
 		v.Reason = ReasonNotServed
@@ -155,7 +161,7 @@ func (h *Handler) checkProtocol(proto imapcheck.Protocol) imapcheck.Protocol {
 // conclude turns a check's result into the verdict, and teaches the cache
 // and the limits what it means.
 func (h *Handler) conclude(ctx context.Context, a attempt, t target, res checkResult) Verdict {
-	v := Verdict{Backend: t.backend.Name, Rule: t.rule, Cause: res.err, Cached: res.cached, Coalesced: res.coalesced}
+	v := Verdict{Backend: t.backend.Name, Rule: t.rule, Stale: t.stale, Cause: res.err, Cached: res.cached, Coalesced: res.coalesced}
 	switch res.outcome {
 	case imapcheck.OK:
 		h.cache.store(t.cacheKey(a), a.sum)

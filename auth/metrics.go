@@ -17,6 +17,7 @@ type Metrics struct {
 	throttled     *prometheus.CounterVec
 	inFlight      prometheus.Gauge
 	backendUp     *prometheus.GaugeVec
+	directoryUp   *prometheus.GaugeVec
 }
 
 // NewMetrics creates the series and registers them with reg.
@@ -54,7 +55,11 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "1 when the backend's address for the protocol answered its last probe, else 0.",
 		}, []string{"backend", "protocol"}),
 	}
-	reg.MustRegister(m.requests, m.checkDuration, m.cache, m.coalesced, m.throttled, m.inFlight, m.backendUp)
+	m.directoryUp = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "imapgate_directory_up",
+		Help: "1 when the routing directory (sql, ldap) answered its last lookup or probe, else 0.",
+	}, []string{"directory"})
+	reg.MustRegister(m.requests, m.checkDuration, m.cache, m.coalesced, m.throttled, m.inFlight, m.backendUp, m.directoryUp)
 	// Every cache result exists from the start, so rate() works at once.
 	m.cache.WithLabelValues("hit")
 	m.cache.WithLabelValues("miss")
@@ -74,6 +79,18 @@ func (m *Metrics) BackendUp(backend, protocol string, up bool) {
 }
 
 // request counts an answered request by its protocol and verdict.
+// DirectoryUp records a routing directory's state.
+func (m *Metrics) DirectoryUp(directory string, up bool) {
+	if m == nil {
+		return
+	}
+	v := 0.0
+	if up {
+		v = 1
+	}
+	m.directoryUp.WithLabelValues(directory).Set(v)
+}
+
 func (m *Metrics) request(protocol string, v Verdict) {
 	if m != nil {
 		m.requests.WithLabelValues(protocol, v.Outcome.String()).Inc()

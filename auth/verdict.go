@@ -108,8 +108,9 @@ type Verdict struct {
 	// log; the verifier keeps the password out of it.
 	Cause error
 	// Backend and Rule name the user's backend and the routing rule that
-	// named it, when known.
-	Backend, Rule string
+	// named it, when known; Stale names the directory whose expired answer
+	// was used because it could not be asked.
+	Backend, Rule, Stale string
 	// Server and Port are where nginx goes, with OutcomeOK.
 	Server netip.Addr
 	Port   uint16
@@ -286,6 +287,7 @@ func (v Verdict) log(logger *slog.Logger, req Request, elapsed time.Duration) {
 		slog.Int("attempt", req.Attempt),
 		slog.String("backend", v.Backend),
 		slog.String("rule", v.Rule),
+		slog.String("stale", v.Stale),
 		slog.String("outcome", v.Outcome.String()),
 		slog.Duration("duration", elapsed),
 		slog.Bool("cached", v.Cached),

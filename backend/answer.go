@@ -59,7 +59,8 @@ func (a *answers) backend(value string) (*Backend, error) {
 		Proxy: map[imapcheck.Protocol]Endpoint{
 			imapcheck.IMAP: {host, p.IMAP}, imapcheck.POP3: {host, p.POP3}, imapcheck.SMTP: {host, p.SMTP},
 		},
-		Check: make(map[imapcheck.Protocol]Endpoint),
+		Check:    make(map[imapcheck.Protocol]Endpoint),
+		CheckTLS: CheckTLS{Security: a.defaults.Security},
 	}
 	b.fillCheck(nil, nil, p, a.defaults.Security == imapcheck.SecurityTLS)
 	if len(a.hosts) < maxAnswerHosts {

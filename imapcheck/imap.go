@@ -27,7 +27,7 @@ import (
 //   - Login would be pipelined ahead of the greeting, which some servers
 //     do not survive (a command before the greeting).
 func (s *session) imap(ctx context.Context, greeting string) *Error {
-	if s.v.Security == SecurityStartTLS {
+	if s.req.Security == SecurityStartTLS {
 		if e := s.imapStartTLS(ctx); e != nil {
 			return e
 		}

@@ -117,8 +117,8 @@ func TestIMAPTLS(t *testing.T) {
 			// InsecureAuth false: a login only works if TLS is really on.
 			addr := startMemServer(t, ca.Server, tc.security == SecurityTLS, false)
 			var debug syncBuffer
-			v := &Verifier{Security: tc.security, TLSConfig: tc.roots.client(), Debug: &debug}
-			got, err := v.Verify(context.Background(), Request{Protocol: IMAP, Address: addr, User: "alice", Password: tc.password})
+			v := &Verifier{TLSConfig: tc.roots.client(), Debug: &debug}
+			got, err := v.Verify(context.Background(), Request{Security: tc.security, Protocol: IMAP, Address: addr, User: "alice", Password: tc.password})
 			checkResult(t, got, err, tc.want, tc.password, debug.String())
 			if tc.roots == other {
 				var cv *tls.CertificateVerificationError
@@ -331,9 +331,9 @@ func TestIMAPNeverGreets(t *testing.T) {
 	for _, sec := range []Security{SecurityNone, SecurityStartTLS} {
 		t.Run(string(sec), func(t *testing.T) {
 			srv := startScript(t, nil, func(p *peer) { p.drain() })
-			v := &Verifier{Security: sec, Timeout: 200 * time.Millisecond}
+			v := &Verifier{Timeout: 200 * time.Millisecond}
 			start := time.Now()
-			got, err := v.Verify(context.Background(), Request{Protocol: IMAP, Address: srv.Addr, User: "alice", Password: "s3cret"})
+			got, err := v.Verify(context.Background(), Request{Security: sec, Protocol: IMAP, Address: srv.Addr, User: "alice", Password: "s3cret"})
 			elapsed := time.Since(start)
 			checkResult(t, got, err, Temporary, "s3cret", "")
 			if !errors.Is(err, context.DeadlineExceeded) {
@@ -415,8 +415,8 @@ func TestIMAPStartTLSScripted(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			srv := startScript(t, nil, tc.script)
 			var debug syncBuffer
-			v := &Verifier{Security: SecurityStartTLS, TLSConfig: ca.client(), Debug: &debug, Timeout: 5 * time.Second}
-			got, err := v.Verify(context.Background(), Request{Protocol: IMAP, Address: srv.Addr, User: "alice", Password: "s3cret"})
+			v := &Verifier{TLSConfig: ca.client(), Debug: &debug, Timeout: 5 * time.Second}
+			got, err := v.Verify(context.Background(), Request{Security: SecurityStartTLS, Protocol: IMAP, Address: srv.Addr, User: "alice", Password: "s3cret"})
 			srv.wait()
 			e := checkResult(t, got, err, tc.want, "s3cret", debug.String())
 			if e != nil && e.Reply != tc.wantReply {

@@ -8,6 +8,7 @@
 package imapcheck
 
 import (
+	"crypto/x509"
 	"fmt"
 	"net/netip"
 )
@@ -102,6 +103,12 @@ type Request struct {
 	// ServerName is the name the server's certificate must carry; empty
 	// means the host part of Address.
 	ServerName string
+	// Security is how the check protects the connection (each backend
+	// has its own: IMAPGATE_VERIFY_TLS or its verify-tls=).
+	Security Security
+	// Roots verify the server's certificate; nil means the Verifier's
+	// TLSConfig (IMAPGATE_VERIFY_CA_FILE, else the system roots).
+	Roots *x509.CertPool
 	// User and Password are the client's credentials, already decoded.
 	User     string
 	Password string

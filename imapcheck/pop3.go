@@ -24,7 +24,7 @@ func (s *session) pop3(ctx context.Context, greeting string) *Error {
 	if err != nil {
 		return pop3Failure("CAPA", err, Temporary)
 	}
-	if s.v.Security == SecurityStartTLS {
+	if s.req.Security == SecurityStartTLS {
 		if caps, err = s.pop3StartTLS(ctx, c); err != nil {
 			return err.(*Error)
 		}

@@ -309,8 +309,8 @@ func TestPOP3TLS(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			srv := startScript(t, tc.serverTLS, tc.script)
 			var debug syncBuffer
-			v := &Verifier{Security: tc.security, TLSConfig: tc.roots.client(), Debug: &debug, Timeout: 5 * time.Second}
-			got, err := v.Verify(context.Background(), Request{Protocol: POP3, Address: srv.Addr, User: "alice", Password: "s3cret"})
+			v := &Verifier{TLSConfig: tc.roots.client(), Debug: &debug, Timeout: 5 * time.Second}
+			got, err := v.Verify(context.Background(), Request{Security: tc.security, Protocol: POP3, Address: srv.Addr, User: "alice", Password: "s3cret"})
 			srv.wait()
 			e := checkResult(t, got, err, tc.want, "s3cret", debug.String())
 			if e != nil && e.Reply != tc.wantReply {

@@ -21,12 +21,10 @@ const DefaultTimeout = 10 * time.Second
 // A Verifier is safe for concurrent use as long as its fields are not
 // changed and Debug, if set, is itself safe for concurrent use.
 type Verifier struct {
-	// Security is how the connection is protected.
-	Security Security
-	// TLSConfig holds the roots for certificate verification; nil means
-	// the system roots. It is cloned for each check, and its ServerName
-	// is set from Request.ServerName or, when both are empty, from the
-	// host part of Request.Address.
+	// TLSConfig holds the roots for certificate verification when a
+	// Request has none; nil means the system roots. It is cloned for each
+	// check, and its ServerName is set from Request.ServerName or, when
+	// both are empty, from the host part of Request.Address.
 	TLSConfig *tls.Config
 	// Timeout bounds one check, on top of the context given to Verify;
 	// 0 means 10s.
@@ -149,7 +147,7 @@ func (v *Verifier) login(ctx context.Context, req Request, raw net.Conn, tr *tra
 		raw.SetDeadline(dl)
 	}
 	conn := raw
-	if v.Security == SecurityTLS {
+	if req.Security == SecurityTLS {
 		tc, e := v.handshake(ctx, req, raw, alpn[req.Protocol])
 		if e != nil {
 			return e
@@ -279,6 +277,12 @@ func (v *Verifier) tlsConfig(req Request, alpn string) *tls.Config {
 		cfg = v.TLSConfig.Clone()
 	} else {
 		cfg = &tls.Config{}
+	}
+	if req.Roots != nil {
+		cfg.RootCAs = req.Roots
+	}
+	if cfg.MinVersion == 0 {
+		cfg.MinVersion = tls.VersionTLS12
 	}
 	if req.ServerName != "" {
 		cfg.ServerName = req.ServerName

@@ -49,7 +49,8 @@ func TestRefusedBeforeDialing(t *testing.T) {
 			})
 			tc.req.Address = srv.Addr
 			var dials atomic.Int32
-			v := &Verifier{Security: tc.security, Dialer: countingDialer(&dials)}
+			v := &Verifier{Dialer: countingDialer(&dials)}
+			tc.req.Security = tc.security
 			got, err := v.Verify(context.Background(), tc.req)
 			srv.wait()
 			checkResult(t, got, err, tc.want, tc.req.Password, "")

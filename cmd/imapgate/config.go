@@ -36,6 +36,25 @@ type config struct {
 	UsersFileBackend string        `env:"USERS_FILE_BACKEND"`
 	FirstLetter      string        `env:"FIRST_LETTER"`
 	DefaultBackend   string        `env:"DEFAULT_BACKEND"`
+	SQLURL           string        `env:"SQL_URL"`
+	SQLQuery         string        `env:"SQL_QUERY"`
+	SQLMaxConns      int           `env:"SQL_MAX_CONNS"`
+	SQLTimeout       time.Duration `env:"SQL_TIMEOUT"`
+	LDAPURL          string        `env:"LDAP_URL"`
+	LDAPStartTLS     bool          `env:"LDAP_STARTTLS"`
+	LDAPCAFile       string        `env:"LDAP_CA_FILE"`
+	LDAPBindDN       string        `env:"LDAP_BIND_DN"`
+	LDAPBindPassword string        `env:"LDAP_BIND_PASSWORD"`
+	LDAPBaseDN       string        `env:"LDAP_BASE_DN"`
+	LDAPFilter       string        `env:"LDAP_FILTER"`
+	LDAPAttribute    string        `env:"LDAP_ATTRIBUTE"`
+	LDAPMaxConns     int           `env:"LDAP_MAX_CONNS"`
+	LDAPTimeout      time.Duration `env:"LDAP_TIMEOUT"`
+	Routes           string        `env:"ROUTES"`
+	RouteCacheTTL    time.Duration `env:"ROUTE_CACHE_TTL"`
+	RouteCacheNegTTL time.Duration `env:"ROUTE_CACHE_NEGATIVE_TTL"`
+	RouteCacheStale  time.Duration `env:"ROUTE_CACHE_STALE"`
+	RouteCacheSize   int           `env:"ROUTE_CACHE_SIZE"`
 	VerifyTLS        string        `env:"VERIFY_TLS"`
 	VerifyCAFile     string        `env:"VERIFY_CA_FILE"`
 	VerifyTimeout    time.Duration `env:"VERIFY_TIMEOUT"`
@@ -65,34 +84,44 @@ func defaultConfig() config {
 	ports := backend.DefaultPorts
 	limits := auth.DefaultLimits
 	return config{
-		Listen:          "127.0.0.1:9180",
-		PortIMAP:        ports.IMAP,
-		PortPOP3:        ports.POP3,
-		PortSMTP:        ports.SMTP,
-		PortIMAPS:       ports.IMAPS,
-		PortPOP3S:       ports.POP3S,
-		VerifyTLS:       imapcheck.SecurityNone.String(),
-		VerifyTimeout:   imapcheck.DefaultTimeout,
-		SMTPVerify:      string(imapcheck.IMAP),
-		ForwardClientIP: true,
-		MaxChecks:       32,
-		CacheTTL:        5 * time.Minute,
-		CacheSize:       auth.DefaultCacheSize,
-		LimitPair:       limits.PerPair,
-		LimitUser:       limits.PerUser,
-		LimitNetwork:    limits.PerNetwork,
-		LimitWindow:     limits.Window,
-		ProbeInterval:   backend.DefaultProbeInterval,
-		LogFormat:       "text",
-		LogLevel:        "info",
-		HTTPServer:      httpServerBuiltin,
+		Listen:           "127.0.0.1:9180",
+		PortIMAP:         ports.IMAP,
+		PortPOP3:         ports.POP3,
+		PortSMTP:         ports.SMTP,
+		PortIMAPS:        ports.IMAPS,
+		PortPOP3S:        ports.POP3S,
+		SQLMaxConns:      backend.DefaultSQLMaxConns,
+		SQLTimeout:       backend.DefaultLookupTimeout,
+		LDAPFilter:       backend.DefaultLDAPFilter,
+		LDAPAttribute:    backend.DefaultLDAPAttribute,
+		LDAPMaxConns:     backend.DefaultLDAPMaxConns,
+		LDAPTimeout:      backend.DefaultLookupTimeout,
+		RouteCacheTTL:    backend.DefaultDirectoryTTL,
+		RouteCacheNegTTL: backend.DefaultDirectoryNegativeTTL,
+		RouteCacheStale:  backend.DefaultDirectoryStale,
+		RouteCacheSize:   backend.DefaultDirectorySize,
+		VerifyTLS:        imapcheck.SecurityNone.String(),
+		VerifyTimeout:    imapcheck.DefaultTimeout,
+		SMTPVerify:       string(imapcheck.IMAP),
+		ForwardClientIP:  true,
+		MaxChecks:        32,
+		CacheTTL:         5 * time.Minute,
+		CacheSize:        auth.DefaultCacheSize,
+		LimitPair:        limits.PerPair,
+		LimitUser:        limits.PerUser,
+		LimitNetwork:     limits.PerNetwork,
+		LimitWindow:      limits.Window,
+		ProbeInterval:    backend.DefaultProbeInterval,
+		LogFormat:        "text",
+		LogLevel:         "info",
+		HTTPServer:       httpServerBuiltin,
 	}
 }
 
 // secretSettings are the settings that hold a secret. Each can also be
 // read from a file named by the same variable with _FILE appended (for
 // container secrets), and print-outs of the configuration redact them.
-var secretSettings = []string{"SHARED_SECRET"}
+var secretSettings = []string{"SHARED_SECRET", "SQL_URL", "LDAP_BIND_PASSWORD"}
 
 // networks is a ","-separated list of CIDR prefixes; a bare address is a
 // network of one.

@@ -30,6 +30,12 @@ func (s *service) opsHandler() http.Handler {
 	})
 	mux.HandleFunc(pathReadyz, func(w http.ResponseWriter, r *http.Request) {
 		ready, missing := s.health.Ready()
+		for _, d := range s.directories {
+			if st := d.State(); !st.Up {
+				ready = false
+				missing = append(missing, fmt.Sprintf("directory %s down: %v", st.Name, st.Err))
+			}
+		}
 		if !ready {
 			w.WriteHeader(http.StatusServiceUnavailable)
 			fmt.Fprintf(w, "not ready: %s\n", strings.Join(missing, "; "))

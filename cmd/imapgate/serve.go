@@ -103,6 +103,12 @@ func (s *service) serve(ctx context.Context, ln, opsLn net.Listener) error {
 // file's reloads, which run until ctx ends.
 func (s *service) startBackground(ctx context.Context, wg *sync.WaitGroup) {
 	wg.Go(func() { s.health.Run(ctx) })
+	for _, d := range s.directories {
+		wg.Go(func() {
+			d.Run(ctx, s.cfg.ProbeInterval)
+			d.Close()
+		})
+	}
 	if s.logFlusher != nil {
 		wg.Go(func() { s.logFlusher(ctx) })
 	}

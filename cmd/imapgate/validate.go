@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"time"
 
 	"github.com/sethvargo/go-envconfig"
 
@@ -20,15 +21,19 @@ import (
 // built from (wire). Nothing in them still needs checking.
 type settings struct {
 	config
-	logger     *slog.Logger
-	security   imapcheck.Security
-	backends   map[string]*backend.Backend
-	usersFile  *backend.UsersFile // nil without IMAPGATE_USERS_FILE
-	routes     backend.Chain
-	relay      *backend.Backend
-	smtpVerify imapcheck.Protocol
-	tlsConfig  *tls.Config
-	limits     auth.Limits
+	logger    *slog.Logger
+	security  imapcheck.Security
+	backends  map[string]*backend.Backend
+	usersFile *backend.UsersFile // nil without IMAPGATE_USERS_FILE
+	// rules are the configured routing rules by name; routes puts them in
+	// the order IMAPGATE_ROUTES gives.
+	rules       map[string]backend.Selector
+	routes      backend.Chain
+	directories []*backend.Directory // SQL, LDAP: probed in the background
+	relay       *backend.Backend
+	smtpVerify  imapcheck.Protocol
+	tlsConfig   *tls.Config
+	limits      auth.Limits
 }
 
 // settingCheck checks one setting, or a few that only make sense
@@ -45,6 +50,17 @@ var settingChecks = []settingCheck{
 	checkUsersFile,
 	checkFirstLetter,
 	checkDefaultBackend,
+	positive("SQL_MAX_CONNS", func(c config) int64 { return int64(c.SQLMaxConns) }, ""),
+	positive("SQL_TIMEOUT", func(c config) int64 { return int64(c.SQLTimeout) }, ""),
+	positive("LDAP_MAX_CONNS", func(c config) int64 { return int64(c.LDAPMaxConns) }, ""),
+	positive("LDAP_TIMEOUT", func(c config) int64 { return int64(c.LDAPTimeout) }, ""),
+	checkSQL,
+	checkLDAP,
+	notNegative("ROUTE_CACHE_TTL", func(c config) int64 { return int64(c.RouteCacheTTL) }, " (0 turns the cache off)"),
+	notNegative("ROUTE_CACHE_NEGATIVE_TTL", func(c config) int64 { return int64(c.RouteCacheNegTTL) }, " (0: unknown users are not remembered)"),
+	notNegative("ROUTE_CACHE_STALE", func(c config) int64 { return int64(c.RouteCacheStale) }, " (0: never serve an expired answer)"),
+	positive("ROUTE_CACHE_SIZE", func(c config) int64 { return int64(c.RouteCacheSize) }, ""),
+	checkRoutes,
 	checkVerifyCAFile,
 	checkVerifyTimeout,
 	checkSMTP,
@@ -89,7 +105,7 @@ func unjoin(err error) []error {
 // in a fixed order. logOut receives the log of the service built from the
 // result; nil discards it (a check of the configuration, not a start).
 func validate(c config, logOut io.Writer) (*settings, error) {
-	s := &settings{config: c}
+	s := &settings{config: c, rules: make(map[string]backend.Selector)}
 	if logOut == nil {
 		logOut = io.Discard
 	}
@@ -160,12 +176,25 @@ func checkBackends(c config, s *settings) error {
 	if c.Backends == "" {
 		return settingError("BACKENDS", "required: the mail servers, name=host;... (see the README)")
 	}
-	ports := backend.Ports{IMAP: c.PortIMAP, POP3: c.PortPOP3, SMTP: c.PortSMTP, IMAPS: c.PortIMAPS, POP3S: c.PortPOP3S}
-	var err error
-	if s.backends, err = backend.ParseBackends(c.Backends, ports, s.security == imapcheck.SecurityTLS); err != nil {
+	backends, err := backend.ParseBackendsWith(c.Backends, s.defaults())
+	if err == nil {
+		err = backend.LoadCheckRoots(backends)
+	}
+	if err != nil {
 		return settingError("BACKENDS", "%v", err)
 	}
+	s.backends = backends
 	return nil
+}
+
+// defaults are what a backend spec, or a directory's answer naming a
+// host, leaves to the global settings.
+func (s *settings) defaults() backend.Defaults {
+	c := s.config
+	return backend.Defaults{
+		Ports:    backend.Ports{IMAP: c.PortIMAP, POP3: c.PortPOP3, SMTP: c.PortSMTP, IMAPS: c.PortIMAPS, POP3S: c.PortPOP3S},
+		Security: s.security,
+	}
 }
 
 // named returns the backend setting names, or nil when name is empty or
@@ -195,7 +224,7 @@ func checkUsersFile(c config, s *settings) error {
 	if s.usersFile, err = backend.OpenUsersFile(c.UsersFile, s.backends, lineDefault, s.logger); err != nil {
 		return settingError("USERS_FILE", "%v", err)
 	}
-	s.routes = append(s.routes, backend.Rule{Name: backend.RuleUsersFile, Selector: s.usersFile})
+	s.rules[backend.RuleUsersFile] = s.usersFile
 	return nil
 }
 
@@ -207,7 +236,7 @@ func checkFirstLetter(c config, s *settings) error {
 	if err != nil {
 		return settingError("FIRST_LETTER", "%v", err)
 	}
-	s.routes = append(s.routes, backend.Rule{Name: backend.RuleFirstLetter, Selector: fl})
+	s.rules[backend.RuleFirstLetter] = fl
 	return nil
 }
 
@@ -217,11 +246,97 @@ func checkDefaultBackend(c config, s *settings) error {
 		return err
 	}
 	if def != nil {
-		s.routes = append(s.routes, backend.Rule{Name: backend.RuleDefault, Selector: backend.Static{Backend: def}})
+		s.rules[backend.RuleDefault] = backend.Static{Backend: def}
 	}
-	if c.UsersFile == "" && c.FirstLetter == "" && def == nil {
-		return settingError("DEFAULT_BACKEND", "no rule selects a backend: set IMAPGATE_DEFAULT_BACKEND, IMAPGATE_FIRST_LETTER or IMAPGATE_USERS_FILE")
+	if c.UsersFile == "" && c.FirstLetter == "" && def == nil && c.SQLURL == "" && c.LDAPURL == "" {
+		return settingError("DEFAULT_BACKEND", "no rule selects a backend: set IMAPGATE_DEFAULT_BACKEND, IMAPGATE_FIRST_LETTER, IMAPGATE_USERS_FILE, IMAPGATE_SQL_URL or IMAPGATE_LDAP_URL")
 	}
+	return nil
+}
+
+// checkSQL opens the SQL directory (without connecting: a database down
+// at start is a directory down, not a bad setting).
+func checkSQL(c config, s *settings) error {
+	if c.SQLURL == "" {
+		if c.SQLQuery != "" {
+			return settingError("SQL_QUERY", "set, but IMAPGATE_SQL_URL is not")
+		}
+		return nil
+	}
+	if s.backends == nil {
+		return nil
+	}
+	src, err := backend.OpenSQL(backend.SQLConfig{URL: c.SQLURL, Query: c.SQLQuery, Backends: s.backends,
+		Defaults: s.defaults(), MaxConns: c.SQLMaxConns, Timeout: c.SQLTimeout})
+	if err != nil {
+		return directorySettingError("SQL_", err)
+	}
+	s.addDirectory(backend.RuleSQL, src)
+	return nil
+}
+
+// checkLDAP opens the LDAP directory (without connecting).
+func checkLDAP(c config, s *settings) error {
+	if c.LDAPURL == "" {
+		if c.LDAPBaseDN != "" || c.LDAPBindDN != "" {
+			return settingError("LDAP_URL", "unset, but IMAPGATE_LDAP_BASE_DN or _BIND_DN is set")
+		}
+		return nil
+	}
+	if s.backends == nil {
+		return nil
+	}
+	src, err := backend.OpenLDAP(backend.LDAPConfig{URL: c.LDAPURL, StartTLS: c.LDAPStartTLS, CAFile: c.LDAPCAFile,
+		BindDN: c.LDAPBindDN, BindPassword: c.LDAPBindPassword, BaseDN: c.LDAPBaseDN, Filter: c.LDAPFilter,
+		Attribute: c.LDAPAttribute, Backends: s.backends, Defaults: s.defaults(), MaxConns: c.LDAPMaxConns, Timeout: c.LDAPTimeout})
+	if err != nil {
+		return directorySettingError("LDAP_", err)
+	}
+	s.addDirectory(backend.RuleLDAP, src)
+	return nil
+}
+
+// directorySettingError names the setting of a directory's bad field.
+func directorySettingError(prefix string, err error) error {
+	field := "URL"
+	var ce *backend.ConfigError
+	if errors.As(err, &ce) {
+		field = ce.Field
+	}
+	name := map[string]string{"URL": "URL", "Query": "QUERY", "Filter": "FILTER", "BaseDN": "BASE_DN",
+		"BindDN": "BIND_DN", "BindPassword": "BIND_PASSWORD", "CAFile": "CA_FILE", "Attribute": "ATTRIBUTE"}[field]
+	if name == "" {
+		name = "URL"
+	}
+	return settingError(prefix+name, "%v", err)
+}
+
+// addDirectory puts a directory, behind its cache, among the rules.
+func (s *settings) addDirectory(name string, src backend.Source) {
+	// A setting of 0 turns a part of the cache off; the Directory reads
+	// zero as its default and a negative value as off.
+	off := func(d time.Duration) time.Duration {
+		if d == 0 {
+			return -1
+		}
+		return d
+	}
+	d := &backend.Directory{Name: name, Source: src, TTL: off(s.RouteCacheTTL), NegativeTTL: off(s.RouteCacheNegTTL),
+		Stale: off(s.RouteCacheStale), Size: s.RouteCacheSize}
+	s.rules[name] = d
+	s.directories = append(s.directories, d)
+}
+
+// checkRoutes puts the rules in IMAPGATE_ROUTES's order.
+func checkRoutes(c config, s *settings) error {
+	if s.backends == nil || len(s.rules) == 0 {
+		return nil // reported already
+	}
+	routes, err := backend.BuildChain(c.Routes, s.rules)
+	if err != nil {
+		return settingError("ROUTES", "%v", err)
+	}
+	s.routes = routes
 	return nil
 }
 

@@ -20,7 +20,10 @@ type service struct {
 	handler   *auth.Handler
 	usersFile *backend.UsersFile // nil without IMAPGATE_USERS_FILE
 	health    *backend.Health
-	registry  *prometheus.Registry
+	// directories are the routing directories (SQL, LDAP), probed in
+	// the background and part of readiness.
+	directories []*backend.Directory
+	registry    *prometheus.Registry
 	// logFlusher, when set, runs beside the server and flushes the log
 	// buffer until its context ends.
 	logFlusher func(context.Context)
@@ -29,15 +32,17 @@ type service struct {
 // newService builds the service from checked settings; nothing here can
 // fail.
 func newService(s *settings) *service {
-	svc := &service{cfg: s.config, logger: s.logger, usersFile: s.usersFile}
+	svc := &service{cfg: s.config, logger: s.logger, usersFile: s.usersFile, directories: s.directories}
 	svc.registry = prometheus.NewRegistry()
 	svc.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics := auth.NewMetrics(svc.registry)
 	svc.health = newHealth(s, metrics)
+	for _, d := range s.directories {
+		d.OnChange = directoryChanged(s.logger, metrics)
+	}
 	svc.handler = &auth.Handler{
 		Routes: s.routes,
 		Verifier: &imapcheck.Verifier{
-			Security:  s.security,
 			TLSConfig: s.tlsConfig,
 			Timeout:   s.VerifyTimeout,
 			// Dovecot's auth penalty is per source address: told the
@@ -61,6 +66,19 @@ func newService(s *settings) *service {
 		Logger:  s.logger,
 	}
 	return svc
+}
+
+// directoryChanged logs and counts a routing directory turning up or
+// down.
+func directoryChanged(logger *slog.Logger, metrics *auth.Metrics) func(name string, up bool, err error) {
+	return func(name string, up bool, err error) {
+		metrics.DirectoryUp(name, up)
+		if up {
+			logger.Info("directory up", "directory", name)
+		} else {
+			logger.Warn("directory down", "directory", name, "err", err)
+		}
+	}
 }
 
 // newHealth builds the background probes of every backend, which log and

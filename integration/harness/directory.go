@@ -286,6 +286,18 @@ func (e *Env) StartPostgres(ctx context.Context) (*Server, error) {
 		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}}
 		return startProcess("postgres", filepath.Join(dir, "postgres.log"), e.pidDir, cmd)
 	}
+	// postgres accepts connections before it takes queries (after a
+	// restart it first recovers): ready is when a query works.
+	s.ready = func(ctx context.Context) error {
+		for {
+			err := run(ctx, "runuser", "-u", "postgres", "--", postgresBin+"/psql",
+				"-h", dir, "-p", "5432", "-U", "postgres", "-d", "postgres", "-qAtc", "select 1")
+			if err == nil || ctx.Err() != nil {
+				return err
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
 	if err := s.Start(ctx); err != nil {
 		return nil, err
 	}
