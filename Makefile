@@ -8,9 +8,10 @@ export PATH := $(PATH):/usr/local/go/bin
 
 all: build
 
-## build: the static binary in bin/imapgate
+## build: the static binary in bin/imapgate (-buildvcs=auto: stamp the
+## commit for `imapgate -version` even where GOFLAGS turns that off)
 build:
-	CGO_ENABLED=0 $(GO) build -trimpath -o bin/imapgate ./cmd/imapgate
+	CGO_ENABLED=0 $(GO) build -buildvcs=auto -trimpath -o bin/imapgate ./cmd/imapgate
 
 ## deps: install the Debian packages the integration tests need (as root)
 deps:

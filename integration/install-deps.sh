@@ -31,6 +31,10 @@ need debootstrap "command -v debootstrap"
 need fail2ban "command -v fail2ban-regex"
 need wrk "command -v wrk"
 need ca-certificates "test -e /etc/ssl/certs/ca-certificates.crt"
+# promtool (cmd/imapgate's alert-rule tests) and systemd-analyze (the unit
+# file's check); dpkg-deb comes with dpkg.
+need prometheus "command -v promtool"
+need systemd "command -v systemd-analyze"
 # Compose, for TestCompose and docker-compose.yml: only on a machine with a
 # Docker client, and only when neither `docker compose` (v2) nor
 # docker-compose (v1.29, Debian's package) is there.
