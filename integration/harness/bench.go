@@ -218,7 +218,7 @@ func (e *Env) StartMailProxy(ctx context.Context, name, ip, authAddr string) (*M
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
-	p, err := startMailNginx(ctx, e.pidDir, name, dir, ip, authAddr, "")
+	p, err := startMailNginx(ctx, e.pidDir, name, dir, ip, authAddr, "", nil)
 	if err != nil {
 		return nil, err
 	}
