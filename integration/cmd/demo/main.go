@@ -215,6 +215,9 @@ Try it (through nginx, which asks imapgate, which logs in to the backend):
   # SMTP AUTH: a wrong password gets 535 and relays nothing
   curl -v --url 'smtp://%[1]s/' --mail-from bob@example.test --mail-rcpt alice@example.test \
        --user 'bob:%[3]s' --upload-file - <<<'Subject: hello from the imapgate demo'
+  # the same with swaks over STARTTLS (its TLS needs Debian's libnet-ssleay-perl)
+  swaks --server %[1]s:25 --tls --tls-ca-path %[6]s --tls-verify --auth PLAIN \
+        --auth-user bob --auth-password '%[3]s' --from bob@example.test --to alice@example.test
   # ask imapgate directly, as nginx does
   curl -s -D - -o /dev/null http://%[4]s/mail/auth.php -H 'Auth-Method: plain' \
        -H 'Auth-User: alice' -H 'Auth-Pass: %[2]s' -H 'Auth-Protocol: imap' \
