@@ -4,13 +4,20 @@ GO      ?= go
 GOFLAGS ?=
 export PATH := $(PATH):/usr/local/go/bin
 
-.PHONY: all build deps test unit integration fuzz demo bench clean
+.PHONY: all build deb deps test unit integration fuzz demo bench clean
 
 all: build
 
-## build: the static binary in bin/imapgate
+## build: the static binary in bin/imapgate (-buildvcs=auto: stamp the
+## commit for `imapgate -version` even where GOFLAGS turns that off)
 build:
-	CGO_ENABLED=0 $(GO) build -trimpath -o bin/imapgate ./cmd/imapgate
+	CGO_ENABLED=0 $(GO) build -buildvcs=auto -trimpath -o bin/imapgate ./cmd/imapgate
+
+## deb: the Debian package bin/imapgate_<version>_<arch>.deb (dpkg-deb; see
+## cmd/imapgate/contrib/mkdeb.sh for its contents)
+deb:
+	CGO_ENABLED=0 $(GO) build -buildvcs=auto -trimpath -ldflags='-s -w' -o bin/deb/imapgate ./cmd/imapgate
+	cmd/imapgate/contrib/mkdeb.sh bin/deb/imapgate bin "$$($(GO) env GOARCH)"
 
 ## deps: install the Debian packages the integration tests need (as root)
 deps:

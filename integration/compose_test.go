@@ -48,10 +48,12 @@ func TestComposeDovecotConfig(t *testing.T) {
 	}
 }
 
-// Where docker-compose.yml publishes nginx and imapgate's operations port.
+// Where docker-compose.yml publishes nginx and imapgate's operations port,
+// and the loopback address TestCompose's client connects from.
 const (
-	composeIP      = "127.0.0.5"
-	composeProject = "imapgate-it-compose"
+	composeIP       = "127.0.0.5"
+	composeProject  = "imapgate-it-compose"
+	composeClientIP = "127.0.30.9"
 )
 
 // composeCommand returns the compose command of this machine: `docker
@@ -69,9 +71,10 @@ func composeCommand(ctx context.Context) []string {
 }
 
 // TestCompose brings up the shipped docker-compose.yml (nginx, imapgate,
-// two Dovecots; every image built on this machine), logs in through the
-// published nginx ports with a right and a wrong password, and takes it
-// down again with its volumes.
+// two Dovecots; every image built on this machine), logs in through
+// nginx's ports with a right and a wrong password from a client address of
+// its own, checks that imapgate saw that address (not a Docker gateway's),
+// and takes it down again with its volumes.
 func TestCompose(t *testing.T) {
 	e := requireEnv(t) // also holds the run lock: one compose project at a time
 	requireDocker(t)
@@ -163,7 +166,7 @@ func TestCompose(t *testing.T) {
 	}
 	t.Logf("ready %v after up", time.Since(start).Round(100*time.Millisecond))
 
-	var d net.Dialer
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(composeClientIP)}}
 	alice := e.Password("mailhost01", "alice")
 	if err := imapLogin(ctx, &d, imapAddr, "alice", alice); err != nil {
 		t.Errorf("IMAP alice (mailhost01), right password: %v", err)
@@ -182,6 +185,12 @@ func TestCompose(t *testing.T) {
 		if !strings.Contains(logs, want) {
 			t.Errorf("imapgate's compose log has no %s line:\n%s", want, lastLines(logs, 20))
 		}
+	}
+	// Every login line names the client's own address: nginx, on the
+	// host's network, saw it and passed it on.
+	logins := linesContaining(logs, "msg=login")
+	if n := strings.Count(logins, "msg=login "); n < 3 || strings.Count(logins, "msg=login client="+composeClientIP+" ") != n {
+		t.Errorf("imapgate's compose log: want 3 or more login lines, all with client=%s:\n%s", composeClientIP, logins)
 	}
 	if strings.Contains(logs, alice) {
 		t.Error("imapgate's compose log contains alice's password")

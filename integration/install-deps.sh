@@ -38,6 +38,10 @@ need mariadb-server "command -v mariadbd && command -v mariadb-install-db"
 need postgresql-15 "test -x /usr/lib/postgresql/15/bin/initdb"
 need slapd "test -x /usr/sbin/slapd && test -x /usr/sbin/slapadd"
 need libnginx-mod-stream "test -e /usr/lib/nginx/modules/ngx_stream_module.so || nginx -V 2>&1 | grep -q -- '--with-stream '"
+# promtool (cmd/imapgate's alert-rule tests) and systemd-analyze (the unit
+# file's check); dpkg-deb comes with dpkg.
+need prometheus "command -v promtool"
+need systemd "command -v systemd-analyze"
 # Compose, for TestCompose and docker-compose.yml: only on a machine with a
 # Docker client, and only when neither `docker compose` (v2) nor
 # docker-compose (v1.29, Debian's package) is there.

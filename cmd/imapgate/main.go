@@ -5,7 +5,7 @@
 // It is configured only by IMAPGATE_* environment variables; see the
 // README for the list. With -healthcheck it instead asks a running
 // imapgate's /healthz (for a container's HEALTHCHECK) and exits 0 when it
-// answers.
+// answers; with -version it prints its version and exits.
 package main
 
 import (
@@ -31,7 +31,12 @@ const (
 
 func main() {
 	healthcheck := flag.Bool("healthcheck", false, "ask the imapgate configured by the environment for /healthz and exit 0 if it answers")
+	version := flag.Bool("version", false, "print the version, VCS revision and Go release, and exit")
 	flag.Parse()
+	if *version {
+		fmt.Println(readBuildInfo())
+		os.Exit(0)
+	}
 	if *healthcheck {
 		os.Exit(runHealthcheck())
 	}

@@ -29,13 +29,7 @@ func (s *service) opsHandler() http.Handler {
 		fmt.Fprintln(w, "ok")
 	})
 	mux.HandleFunc(pathReadyz, func(w http.ResponseWriter, r *http.Request) {
-		ready, missing := s.health.Ready()
-		for _, d := range s.directories {
-			if st := d.State(); !st.Up {
-				ready = false
-				missing = append(missing, fmt.Sprintf("directory %s down: %v", st.Name, st.Err))
-			}
-		}
+		ready, missing := s.ready()
 		if !ready {
 			w.WriteHeader(http.StatusServiceUnavailable)
 			fmt.Fprintf(w, "not ready: %s\n", strings.Join(missing, "; "))
@@ -44,4 +38,17 @@ func (s *service) opsHandler() http.Handler {
 		fmt.Fprintln(w, "ready")
 	})
 	return mux
+}
+
+// ready reports whether every backend address answered its last probe
+// and every routing directory is up, and lists what is not.
+func (s *service) ready() (bool, []string) {
+	ready, missing := s.health.Ready()
+	for _, d := range s.directories {
+		if st := d.State(); !st.Up {
+			ready = false
+			missing = append(missing, fmt.Sprintf("directory %s down: %v", st.Name, st.Err))
+		}
+	}
+	return ready, missing
 }

@@ -65,6 +65,7 @@ func newService(s *settings) *service {
 		Timeout: s.VerifyTimeout + 2*time.Second,
 		Logger:  s.logger,
 	}
+	svc.registerServiceMetrics()
 	return svc
 }
 

@@ -4,13 +4,16 @@
 # included), turned into an image with `docker import`. It describes the same
 # image as the Dockerfile beside it (debian:bookworm-slim + apt-get install).
 #
-# Usage: integration/dovecot/build-image.sh [--force] [--base | --base-only]
+# Usage: integration/dovecot/build-image.sh [--force] [--base | --base-only | --systemd-only]
 #   --force      rebuild even when the image already exists
 #   --base       also import a minimal debootstrap root as debian:bookworm-slim
 #                (when that tag is missing), so `docker build integration/dovecot`
 #                finds its FROM image on a machine that cannot pull.
 #   --base-only  only that (integration/container/go-image.sh and the compose
 #                smoke test build FROM debian:bookworm-slim too).
+#   --systemd-only  only a bookworm root with systemd as its init (and curl),
+#                imported as imapgate-test/systemd:bookworm, in which
+#                TestDebianPackageSystemd runs imapgate.service.
 #
 # Environment:
 #   IMAPGATE_IT_IMAGE   image tag            (default imapgate-test/dovecot:2.3)
@@ -35,11 +38,14 @@ SUITE=bookworm
 FORCE=0
 BASE=0
 BASE_ONLY=0
+SYSTEMD_ONLY=0
+SYSTEMD_IMAGE=imapgate-test/systemd:bookworm
 for arg in "$@"; do
 	case $arg in
 	--force) FORCE=1 ;;
 	--base) BASE=1 ;;
 	--base-only) BASE=1; BASE_ONLY=1 ;;
+	--systemd-only) SYSTEMD_ONLY=1 ;;
 	*) echo "build-image.sh: unknown argument $arg" >&2; exit 2 ;;
 	esac
 done
@@ -96,6 +102,14 @@ rootfs_tar() {
 	trap - EXIT INT TERM
 }
 
+if [ "$SYSTEMD_ONLY" = 1 ]; then
+	if [ "$FORCE" = 1 ] || ! docker image inspect "$SYSTEMD_IMAGE" >/dev/null 2>&1; then
+		rootfs_tar bookworm-systemd systemd,systemd-sysv,dbus,curl
+		log "docker import $CACHE/bookworm-systemd.tar as $SYSTEMD_IMAGE"
+		docker import -c 'CMD ["/sbin/init"]' "$CACHE/bookworm-systemd.tar" "$SYSTEMD_IMAGE" >/dev/null
+	fi
+	exit 0
+fi
 if [ "$BASE" = 1 ] && { [ "$FORCE" = 1 ] || ! docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; }; then
 	rootfs_tar bookworm-minbase ""
 	log "docker import $CACHE/bookworm-minbase.tar as $BASE_IMAGE"

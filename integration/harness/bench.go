@@ -224,7 +224,7 @@ func (e *Env) StartMailProxyWithSecret(ctx context.Context, name, ip, authAddr, 
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
-	p, err := startMailNginx(ctx, e.pidDir, name, dir, ip, authAddr, secret)
+	p, err := startMailNginx(ctx, e.pidDir, name, dir, ip, authAddr, secret, nil)
 	if err != nil {
 		return nil, err
 	}

@@ -3,6 +3,7 @@ package harness
 import (
 	"bufio"
 	"context"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -33,6 +34,10 @@ type GatewayConfig struct {
 	// Imapgate overrides the run's IMAPGATE_IT_IMAPGATE for this gateway:
 	// ImapgateProcess or ImapgateContainer ("" = the run's).
 	Imapgate string
+	// TLS has nginx offer STARTTLS on 143, 110 and 25 and implicit TLS on
+	// 993, 995 and 465, with a certificate for IP signed by the run's CA
+	// (Env.CAFile), as mail clients expect.
+	TLS bool
 }
 
 // Gateway is imapgate and the nginx mail proxy that asks it: the system under
@@ -45,6 +50,9 @@ type Gateway struct {
 	// IMAPAddr, POP3Addr and SMTPAddr are nginx's mail listeners
 	// (SMTP with smtp_auth login plain).
 	IMAPAddr, POP3Addr, SMTPAddr string
+	// IMAPSAddr, POP3SAddr and SMTPSAddr are its implicit-TLS listeners
+	// (GatewayConfig.TLS; empty without).
+	IMAPSAddr, POP3SAddr, SMTPSAddr string
 	// AuthAddr is imapgate's HTTP address (nginx's auth_http).
 	AuthAddr string
 	// Imapgate and Nginx are the running processes; Imapgate's output is
@@ -87,6 +95,11 @@ func (e *Env) StartGateway(ctx context.Context, cfg GatewayConfig) (*Gateway, er
 	}
 	if cfg.Secret != "" {
 		g.AddSecret(cfg.Secret)
+	}
+	if cfg.TLS {
+		g.IMAPSAddr = net.JoinHostPort(cfg.IP, "993")
+		g.POP3SAddr = net.JoinHostPort(cfg.IP, "995")
+		g.SMTPSAddr = net.JoinHostPort(cfg.IP, "465")
 	}
 	if err := g.startImapgate(ctx); err != nil {
 		g.Close()
@@ -162,6 +175,7 @@ mail {
     auth_http {{auth}}/mail/auth.php;
     auth_http_timeout 30s;
 {{secret}}
+{{tls}}
     proxy on;
     proxy_pass_error_message on;
     # The relay stand-in would accept XCLIENT too; off keeps the hand-over
@@ -184,8 +198,30 @@ mail {
         listen {{ip}}:25;
         protocol smtp;
     }
+{{tlsservers}}
 }
 `
+
+// nginxTLS and nginxTLSServers are nginxConf's {{tls}} and {{tlsservers}}
+// with TLS on.
+const (
+	nginxTLS = `    ssl_certificate     {{dir}}/nginx-tls.crt;
+    ssl_certificate_key {{dir}}/nginx-tls.key;
+    # STARTTLS on the plain ports; the ssl listeners below are implicit TLS.
+    starttls on;`
+	nginxTLSServers = `    server {
+        listen {{ip}}:993 ssl;
+        protocol imap;
+    }
+    server {
+        listen {{ip}}:995 ssl;
+        protocol pop3;
+    }
+    server {
+        listen {{ip}}:465 ssl;
+        protocol smtp;
+    }`
+)
 
 // mailModule returns the load_module line nginx needs for mail {} (none when
 // the mail module is built in), or an error when nginx has no mail module.
@@ -210,7 +246,11 @@ func mailModule() (string, error) {
 }
 
 func (g *Gateway) startNginx(ctx context.Context) error {
-	p, err := startMailNginx(ctx, g.env.pidDir, g.Name, g.dir, g.IP, g.AuthAddr, g.cfg.Secret)
+	var ca *CA
+	if g.cfg.TLS {
+		ca = g.env.CA
+	}
+	p, err := startMailNginx(ctx, g.env.pidDir, g.Name, g.dir, g.IP, g.AuthAddr, g.cfg.Secret, ca)
 	if err != nil {
 		return err
 	}
@@ -220,8 +260,9 @@ func (g *Gateway) startNginx(ctx context.Context) error {
 
 // startMailNginx starts nginx with nginxConf in dir: mail listeners on ip
 // (143, 110, 25) asking auth_http at authAddr, sending secret as
-// X-Imapgate-Secret when it is set. It returns once every listener greets.
-func startMailNginx(ctx context.Context, pidDir, name, dir, ip, authAddr, secret string) (*Process, error) {
+// X-Imapgate-Secret when it is set, and with TLS (see GatewayConfig.TLS)
+// when tlsCA is not nil. It returns once every listener greets.
+func startMailNginx(ctx context.Context, pidDir, name, dir, ip, authAddr, secret string, tlsCA *CA) (*Process, error) {
 	load, err := mailModule()
 	if err != nil {
 		return nil, err
@@ -230,8 +271,23 @@ func startMailNginx(ctx context.Context, pidDir, name, dir, ip, authAddr, secret
 	if secret != "" {
 		secretLine = fmt.Sprintf("    auth_http_header X-Imapgate-Secret %q;", secret)
 	}
-	conf := strings.NewReplacer("{{dir}}", dir, "{{load}}", load, "{{auth}}", authAddr,
-		"{{secret}}", secretLine, "{{ip}}", ip).Replace(nginxConf)
+	tlsLines, tlsServers := "", ""
+	if tlsCA != nil {
+		cert, key, err := tlsCA.Issue([]net.IP{net.ParseIP(ip)}, []string{"localhost"})
+		if err != nil {
+			return nil, err
+		}
+		if err := os.WriteFile(filepath.Join(dir, "nginx-tls.crt"), cert, 0o644); err != nil {
+			return nil, err
+		}
+		if err := os.WriteFile(filepath.Join(dir, "nginx-tls.key"), key, 0o600); err != nil {
+			return nil, err
+		}
+		tlsLines, tlsServers = nginxTLS, nginxTLSServers
+	}
+	conf := strings.NewReplacer("{{tls}}", tlsLines, "{{tlsservers}}", tlsServers).Replace(nginxConf)
+	conf = strings.NewReplacer("{{dir}}", dir, "{{load}}", load, "{{auth}}", authAddr,
+		"{{secret}}", secretLine, "{{ip}}", ip).Replace(conf)
 	confPath := filepath.Join(dir, "nginx.conf")
 	if err := os.WriteFile(confPath, []byte(conf), 0o644); err != nil {
 		return nil, err
@@ -252,8 +308,17 @@ func startMailNginx(ctx context.Context, pidDir, name, dir, ip, authAddr, secret
 			return nil
 		}
 	}
-	for _, port := range []int{143, 110, 25} {
-		if err := waitGreeting(ctx, Listener{Address: ip, Port: port, Name: "nginx"}, nil, alive); err != nil {
+	listeners := []Listener{{Address: ip, Port: 143}, {Address: ip, Port: 110}, {Address: ip, Port: 25}}
+	var pool *x509.CertPool
+	if tlsCA != nil {
+		pool = x509.NewCertPool()
+		pool.AppendCertsFromPEM(tlsCA.CertPEM)
+		listeners = append(listeners, Listener{Address: ip, Port: 993, SSL: true},
+			Listener{Address: ip, Port: 995, SSL: true}, Listener{Address: ip, Port: 465, SSL: true})
+	}
+	for _, l := range listeners {
+		l.Name = "nginx"
+		if err := waitGreeting(ctx, l, pool, alive); err != nil {
 			p.Stop(5 * time.Second)
 			return nil, fmt.Errorf("nginx %s: %w", name, err)
 		}
