@@ -118,8 +118,8 @@ func (h *Handler) Serve(ctx context.Context, w *http1.ResponseWriter, r *http1.R
 	h.once.Do(h.init)
 	if v, refused := h.admit(r); refused {
 		v.answer(Request{}).write(w)
-		w.Send()
 		h.Metrics.request("", v)
+		w.Send()
 		v.logRefusal(h.logger(), r.RemoteAddr.String())
 		return
 	}
@@ -135,8 +135,10 @@ func (h *Handler) Serve(ctx context.Context, w *http1.ResponseWriter, r *http1.R
 	}
 	v := h.decide(ctx, req)
 	v.answer(req).write(w)
-	w.Send()
+	// Counted before the answer leaves, so that a scrape right after it
+	// sees it; the log line waits until nginx has its answer.
 	h.Metrics.request(string(req.Protocol), v)
+	w.Send()
 	v.log(h.logger(), req, time.Since(start))
 }
 
