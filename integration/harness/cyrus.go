@@ -287,16 +287,7 @@ func (e *Env) StartStreamFrontends(ctx context.Context, servers ...*Cyrus) (*Pro
 		host, port, _ := net.SplitHostPort(addr)
 		var portN int
 		fmt.Sscan(port, &portN)
-		alive := func() error {
-			select {
-			case <-p.Exited():
-				errLog, _ := os.ReadFile(filepath.Join(dir, "nginx-error.log"))
-				return fmt.Errorf("nginx exited: %s\n%s", p.Output(), tail(string(errLog), 10))
-			default:
-				return nil
-			}
-		}
-		if err := waitGreeting(ctx, Listener{Name: "stream", Address: host, Port: portN}, nil, alive); err != nil {
+		if err := waitGreeting(ctx, Listener{Name: "stream", Address: host, Port: portN}, nil, nginxAlive(p, dir)); err != nil {
 			p.Stop(5 * time.Second)
 			return nil, nil, err
 		}

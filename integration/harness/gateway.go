@@ -299,15 +299,7 @@ func startMailNginx(ctx context.Context, pidDir, name, dir, ip, authAddr, secret
 	}
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	alive := func() error {
-		select {
-		case <-p.Exited():
-			errLog, _ := os.ReadFile(filepath.Join(dir, "nginx-error.log"))
-			return fmt.Errorf("nginx exited: %s\n%s", p.Output(), tail(string(errLog), 10))
-		default:
-			return nil
-		}
-	}
+	alive := nginxAlive(p, dir)
 	listeners := []Listener{{Address: ip, Port: 143}, {Address: ip, Port: 110}, {Address: ip, Port: 25}}
 	var pool *x509.CertPool
 	if tlsCA != nil {
@@ -528,4 +520,18 @@ func (g *Gateway) WaitLogin(ctx context.Context, from int, user, protocol string
 		return nil, err
 	}
 	return LoginRecord(ParseLogLine(line)), nil
+}
+
+// nginxAlive returns a check that fails, with nginx's output and the end
+// of its error log in dir, once nginx p has exited.
+func nginxAlive(p *Process, dir string) func() error {
+	return func() error {
+		select {
+		case <-p.Exited():
+			errLog, _ := os.ReadFile(filepath.Join(dir, "nginx-error.log"))
+			return fmt.Errorf("nginx exited: %s\n%s", p.Output(), tail(string(errLog), 10))
+		default:
+			return nil
+		}
+	}
 }
