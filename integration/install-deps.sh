@@ -30,6 +30,8 @@ need libnginx-mod-mail "test -e /usr/lib/nginx/modules/ngx_mail_module.so || ngi
 need debootstrap "command -v debootstrap"
 need fail2ban "command -v fail2ban-regex"
 need wrk "command -v wrk"
+# make bench runs the PHP seed (auth.php on php-fpm) beside imapgate.
+need php-fpm "command -v php-fpm8.2"
 need ca-certificates "test -e /etc/ssl/certs/ca-certificates.crt"
 # The routing scenarios' directories, run as processes on their own
 # directories (never the system services), and nginx's stream module for

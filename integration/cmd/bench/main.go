@@ -50,6 +50,7 @@ const (
 	ip204       = "127.0.3.3" // nginx `return 204` + the nginx that asks it
 	ipSteady    = "127.0.3.4" // imapgate with the default TTL + its nginx
 	ipNetHTTP   = "127.0.3.5" // imapgate on net/http, cache TTL as ipWarm
+	ipPHP       = "127.0.3.6" // the PHP seed (nginx + php-fpm) + the nginx that asks it
 	ipMemory    = "127.0.3.5" // imapgate of the memory figure
 	addrSlowIMP = "127.0.3.6:10143"
 )
@@ -163,6 +164,7 @@ type bench struct {
 	nginx204           *harness.Process
 	mailWarm, mailCold *harness.MailProxy
 	mail204, mailStdy  *harness.MailProxy
+	mailPHP            *harness.MailProxy
 }
 
 func run(cfg config) (err error) {
@@ -283,6 +285,12 @@ func (b *bench) start(ctx context.Context) error {
 		return err
 	}
 	b.addStop(b.nginx204)
+	fpm, phpNginx, err := b.env.StartPHPSeed(ctx, "php-seed", ipPHP+":9180", ipBackend)
+	if err != nil {
+		return err
+	}
+	b.addStop(fpm)
+	b.addStop(phpNginx) // stops run last to first: nginx, then php-fpm
 	mail := func(name, ip string) (*harness.MailProxy, error) {
 		m, err := b.env.StartMailProxy(ctx, name, ip, ip+":9180")
 		if err != nil {
@@ -303,10 +311,13 @@ func (b *bench) start(ctx context.Context) error {
 	if b.mailStdy, err = mail("mail-steady", ipSteady); err != nil {
 		return err
 	}
+	if b.mailPHP, err = mail("mail-php", ipPHP); err != nil {
+		return err
+	}
 
 	// Each path answers a login before anything is measured.
 	a := b.accounts[0]
-	for _, addr := range []string{ipWarm + ":9180", ipNetHTTP + ":9180", ipCold + ":9180", ip204 + ":9180"} {
+	for _, addr := range []string{ipWarm + ":9180", ipNetHTTP + ":9180", ipCold + ":9180", ip204 + ":9180", ipPHP + ":9180"} {
 		if err := authOK(addr, authRequestBytes(addr, a.User, a.Password)); err != nil {
 			return fmt.Errorf("auth_http %s: %w", addr, err)
 		}
@@ -347,6 +358,10 @@ func (b *bench) cachedAnswer(ctx context.Context, r *report) error {
 	if err != nil {
 		return err
 	}
+	phpScript, err := wrkScript(b.env.Dir, "php", authRequestBytes(ipPHP, a.User, a.Password))
+	if err != nil {
+		return err
+	}
 	ngScript, err := wrkScript(b.env.Dir, "nginx204", authRequestBytes(ip204, a.User, a.Password))
 	if err != nil {
 		return err
@@ -364,6 +379,7 @@ func (b *bench) cachedAnswer(ctx context.Context, r *report) error {
 			{"imapgate", igScript, "http://" + igAddr + "/mail/auth.php", &r.cachedIG},
 			{"nginx 204", ngScript, "http://" + ngAddr + "/mail/auth.php", &r.cachedNginx},
 			{"net/http", nhScript, "http://" + nhAddr + "/mail/auth.php", &r.cachedNetHTTP},
+			{"PHP seed", phpScript, "http://" + ipPHP + ":9180/mail/auth.php", &r.cachedPHP},
 		} {
 			res, err := runWrk(ctx, side.script, side.url, b.cfg.wrkThreads, b.cfg.wrkConns, b.cfg.wrkDuration)
 			if err != nil {
@@ -463,6 +479,7 @@ func (b *bench) endToEnd(ctx context.Context, r *report) error {
 			{"imapgate warm", b.mailWarm, &r.e2eWarm},
 			{"imapgate cold", b.mailCold, &r.e2eCold},
 			{"nginx 204", b.mail204, &r.e2e204},
+			{"PHP seed", b.mailPHP, &r.e2ePHP},
 		} {
 			l := closedLoop(conc, b.cfg.e2eDuration, 0, func(w, i int) error {
 				a := b.userFor(w, conc, i)
