@@ -78,18 +78,27 @@ func runHealthcheck() int {
 		addr = os.Getenv(envPrefix + "LISTEN")
 	}
 	if addr == "" {
-		addr = "127.0.0.1:9180"
-	}
-	host, port, err := net.SplitHostPort(addr)
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "imapgate: healthcheck: %v\n", err)
-		return exitFailure
-	}
-	if ip := net.ParseIP(host); host == "" || ip != nil && ip.IsUnspecified() {
-		host = "127.0.0.1"
+		addr = defaultConfig().Listen
 	}
 	client := &http.Client{Timeout: 3 * time.Second}
-	resp, err := client.Get("http://" + net.JoinHostPort(host, port) + pathHealthz)
+	url := "http://localhost" + pathHealthz
+	if path, ok := strings.CutPrefix(addr, unixPrefix); ok {
+		client.Transport = &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", path)
+		}}
+	} else {
+		host, port, err := net.SplitHostPort(addr)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "imapgate: healthcheck: %v\n", err)
+			return exitFailure
+		}
+		if ip := net.ParseIP(host); host == "" || ip != nil && ip.IsUnspecified() {
+			host = "127.0.0.1"
+		}
+		url = "http://" + net.JoinHostPort(host, port) + pathHealthz
+	}
+	resp, err := client.Get(url)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "imapgate: healthcheck: %v\n", err)
 		return exitFailure

@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"path/filepath"
 	"net/http/httptest"
 	"strings"
 	"testing"
@@ -173,4 +174,62 @@ func TestLogBuffer(t *testing.T) {
 	if out.String() != "one line\n" {
 		t.Errorf("after stopping: %q", out.String())
 	}
+}
+
+// TestServeUnixSocket: IMAPGATE_LISTEN=unix:/path serves auth_http (as
+// nginx's auth_http unix:/path:/uri asks) and the health check, and
+// replaces a socket left by an earlier run.
+func TestServeUnixSocket(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "imapgate.sock")
+	stale, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stale.(*net.UnixListener).SetUnlinkOnClose(false)
+	stale.Close() // leaves the file, as a crashed process would
+	env := map[string]string{
+		"IMAPGATE_LISTEN":          "unix:" + path,
+		"IMAPGATE_BACKENDS":        "mailhost01=127.0.0.1",
+		"IMAPGATE_DEFAULT_BACKEND": "mailhost01",
+	}
+	svc, err := build(env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc.health.Backends = nil
+	svc.handler.Verifier = slowVerifier{entered: make(chan struct{}, 1), release: closedChan()}
+	lns, err := listen(context.Background(), svc.cfg)
+	if err != nil {
+		t.Fatalf("listen on a stale socket file: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- svc.serve(ctx, lns.auth, lns.ops) }()
+	defer func() { cancel(); <-done }()
+
+	client := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", path)
+	}}}
+	req, _ := http.NewRequest("GET", "http://localhost/mail/auth.php", nil)
+	req.Header = loginHeader()
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if got := resp.Header.Get("Auth-Status"); got != "OK" {
+		t.Errorf("auth_http over the unix socket: Auth-Status %q", got)
+	}
+	for k, v := range env {
+		t.Setenv(k, v)
+	}
+	if code := runHealthcheck(); code != 0 {
+		t.Errorf("-healthcheck over the unix socket exited %d", code)
+	}
+}
+
+func closedChan() chan struct{} {
+	c := make(chan struct{})
+	close(c)
+	return c
 }

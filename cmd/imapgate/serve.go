@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -31,14 +32,15 @@ type listeners struct {
 	auth, ops net.Listener
 }
 
+// unixPrefix starts a listen address that is a unix socket's path, as
+// nginx's auth_http names one (unix:/run/imapgate.sock).
+const unixPrefix = "unix:"
+
 // listen opens the listeners the settings name.
 func listen(ctx context.Context, cfg config) (listeners, error) {
-	// TCP keepalive probes are no use on connections that carry one
-	// request, and setting them costs four system calls per connection.
-	lc := net.ListenConfig{KeepAlive: -1}
 	var lns listeners
 	var err error
-	if lns.auth, err = lc.Listen(ctx, "tcp", cfg.Listen); err != nil {
+	if lns.auth, err = listenAuth(ctx, cfg.Listen); err != nil {
 		return lns, settingError("LISTEN", "%v", err)
 	}
 	if cfg.MetricsListen != "" {
@@ -48,6 +50,32 @@ func listen(ctx context.Context, cfg config) (listeners, error) {
 		}
 	}
 	return lns, nil
+}
+
+// listenAuth opens the auth_http listener: TCP, or a unix socket for
+// "unix:/path" (nginx on the same host then spends no TCP handshake per
+// login). A socket file left by an earlier run is replaced; the socket is
+// made writable by everyone, since nginx's workers run as another user:
+// restrict access with the permissions of its directory.
+func listenAuth(ctx context.Context, addr string) (net.Listener, error) {
+	if path, ok := strings.CutPrefix(addr, unixPrefix); ok {
+		if fi, err := os.Lstat(path); err == nil && fi.Mode()&os.ModeSocket != 0 {
+			os.Remove(path)
+		}
+		ln, err := net.Listen("unix", path)
+		if err != nil {
+			return nil, err
+		}
+		if err := os.Chmod(path, 0o666); err != nil {
+			ln.Close()
+			return nil, err
+		}
+		return ln, nil
+	}
+	// TCP keepalive probes are no use on connections that carry one
+	// request, and setting them costs four system calls per connection.
+	lc := net.ListenConfig{KeepAlive: -1}
+	return lc.Listen(ctx, "tcp", addr)
 }
 
 // server is what serve needs of an HTTP server: http1.Server and
