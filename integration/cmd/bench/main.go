@@ -49,8 +49,8 @@ const (
 	ipCold      = "127.0.3.2" // imapgate with the cache off + its nginx
 	ip204       = "127.0.3.3" // nginx `return 204` + the nginx that asks it
 	ipSteady    = "127.0.3.4" // imapgate with the default TTL + its nginx
-	ipNetHTTP   = "127.0.3.5" // imapgate on net/http, cache TTL as ipWarm
-	ipPHP       = "127.0.3.6" // the PHP seed (nginx + php-fpm) + the nginx that asks it
+	ipNetHTTP   = "127.0.3.20" // imapgate on net/http, cache TTL as ipWarm
+	ipPHP       = "127.0.3.21" // the PHP seed (nginx + php-fpm) + the nginx that asks it
 	ipMemory    = "127.0.3.5" // imapgate of the memory figure
 	addrSlowIMP = "127.0.3.6:10143"
 )
