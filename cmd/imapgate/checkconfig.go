@@ -2,11 +2,14 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"maps"
 	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"time"
@@ -170,7 +173,11 @@ func editDistance(a, b string) int {
 // net.Listen takes, without binding them: the running imapgate holds them.
 func checkListenAddresses(ctx context.Context, s *settings) []error {
 	var errs []error
-	if err := checkListenAddr(ctx, s.Listen); err != nil {
+	check := checkListenAddr
+	if path, ok := strings.CutPrefix(s.Listen, "unix:"); ok {
+		check = func(context.Context, string) error { return checkSocketPath(path) }
+	}
+	if err := check(ctx, s.Listen); err != nil {
 		errs = append(errs, settingError("LISTEN", "%v", err))
 	}
 	if s.MetricsListen == "" {
@@ -201,6 +208,23 @@ func checkListenAddr(ctx context.Context, addr string) error {
 	}
 	_, err = net.DefaultResolver.LookupNetIP(ctx, "ip", host)
 	return err
+}
+
+// checkSocketPath checks the path of a unix socket to listen on: the
+// socket is made at start, in a directory that must be there.
+func checkSocketPath(path string) error {
+	if path == "" {
+		return errors.New("unix: names no socket path")
+	}
+	dir := filepath.Dir(path)
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return fmt.Errorf("the socket's directory: %w", err)
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("the socket's directory %s is not a directory", dir)
+	}
+	return nil
 }
 
 // checkBackendHosts resolves every host of every backend, as the handler

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -96,6 +97,24 @@ func TestCheckConfigSameAddressTwice(t *testing.T) {
 	})
 	if code != exitConfig || !strings.HasPrefix(out, "IMAPGATE_METRICS_LISTEN: the same address as IMAPGATE_LISTEN") {
 		t.Errorf("exit %d:\n%s", code, out)
+	}
+}
+
+// TestCheckConfigUnixSocket: a unix socket to listen on needs its
+// directory (the socket itself is made at start).
+func TestCheckConfigUnixSocket(t *testing.T) {
+	env := map[string]string{
+		"IMAPGATE_BACKENDS":        "mailhost01=127.0.70.1",
+		"IMAPGATE_DEFAULT_BACKEND": "mailhost01",
+		"IMAPGATE_LISTEN":          "unix:" + filepath.Join(t.TempDir(), "auth.sock"),
+	}
+	if out, code := checkConfig(t, env); out != "ok\n" || code != 0 {
+		t.Errorf("socket in a directory that exists: exit %d:\n%s", code, out)
+	}
+	env["IMAPGATE_LISTEN"] = "unix:/nonexistent-imapgate-dir/auth.sock"
+	out, code := checkConfig(t, env)
+	if want := "IMAPGATE_LISTEN: the socket's directory: stat /nonexistent-imapgate-dir: no such file or directory\n"; out != want || code != exitConfig {
+		t.Errorf("socket in a missing directory: exit %d: %q, want %q", code, out, want)
 	}
 }
 
