@@ -88,6 +88,7 @@ type Handler struct {
 	limiter *limiter
 	slots   *checkSlots
 	flight  singleflight.Group
+	sources sourceWatch
 }
 
 // DefaultCacheSize is the most verified logins remembered when
@@ -139,6 +140,7 @@ func (h *Handler) Serve(ctx context.Context, w *http1.ResponseWriter, r *http1.R
 	// sees it; the log line waits until nginx has its answer.
 	h.Metrics.request(string(req.Protocol), v)
 	w.Send()
+	h.watchSources(req)
 	v.log(h.logger(), req, time.Since(start))
 }
 

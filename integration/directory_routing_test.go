@@ -1,8 +1,10 @@
 package integration
 
 import (
+	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -134,8 +136,18 @@ func directoryScenario(t *testing.T, srv *harness.Server, rule string, settings 
 		}
 	}
 
+	// imapgate -check-config with the same settings: the directory
+	// answers; stopped, it fails the check, named by its URL's variable,
+	// and the line does not hold its password.
+	if out, code := runCheckConfig(t, settings); out != "ok\n" || code != 0 {
+		t.Errorf("-check-config with %s up: exit %d:\n%s", srv.Name, code, out)
+	}
 	if err := srv.Stop(); err != nil {
 		t.Fatal(err)
+	}
+	want := "IMAPGATE_" + strings.ToUpper(rule) + "_URL: the " + strings.ToUpper(rule) + " directory failed its check: "
+	if out, code := runCheckConfig(t, settings); code != 2 || !strings.HasPrefix(out, want) || strings.Count(out, "\n") != 1 || strings.Contains(out, dirSecret) {
+		t.Errorf("-check-config with %s down: exit %d:\n%s\nwant 2 and one line starting %q", srv.Name, code, out, want)
 	}
 	// dave was never looked up: temporary, and not the default backend.
 	from := gw.Imapgate.Len()
@@ -164,6 +176,26 @@ func directoryScenario(t *testing.T, srv *harness.Server, rule string, settings 
 		t.Fatal(err)
 	}
 	tryAll(t, gw, []login{{"dave", e.Password("mailhost02", "dave"), true, false}}, invalidText)
+}
+
+// runCheckConfig runs the binary under test with -check-config and
+// exactly settings as its environment, and returns what it printed and
+// its exit status.
+func runCheckConfig(t *testing.T, settings map[string]string) (string, int) {
+	t.Helper()
+	cmd := exec.CommandContext(ctxFor(t, time.Minute), requireEnv(t).Binary, "-check-config")
+	cmd.Env = []string{}
+	for k, v := range settings {
+		cmd.Env = append(cmd.Env, k+"="+v)
+	}
+	out, err := cmd.Output()
+	var exit *exec.ExitError
+	if errors.As(err, &exit) {
+		return string(out), exit.ExitCode()
+	} else if err != nil {
+		t.Fatalf("imapgate -check-config: %v", err)
+	}
+	return string(out), 0
 }
 
 // TestRoutingOrder: IMAPGATE_ROUTES puts the users file before SQL, so

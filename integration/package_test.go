@@ -16,9 +16,11 @@ import (
 // TestDebianPackage builds the Debian package the way `make deb` does,
 // installs it into a clean Debian container (the debootstrap root that
 // build-image.sh --base-only imports as debian:bookworm-slim; no network),
-// checks what it installed, starts imapgate from it with a minimal
-// settings file and asks /healthz, then removes and purges it and checks
-// that the file system is as it was before.
+// checks what it installed, runs imapgate -check-config on the settings
+// file as installed (no backend: exit 2), with a minimal setup (ok) and
+// broken (one line per problem), starts imapgate from it and asks
+// /healthz, then removes and purges it and checks that the file system is
+// as it was before.
 func TestDebianPackage(t *testing.T) {
 	requireDocker(t)
 	t.Parallel()
@@ -48,11 +50,38 @@ func TestDebianPackage(t *testing.T) {
 		test -s /usr/share/doc/imapgate/copyright
 		test "$(stat -c %a /)" = 755`)
 
-	// As an operator would: the settings in the env file, then imapgate
-	// with exactly those variables (the unit's EnvironmentFile; systemd
-	// is not PID 1 in this container, TestDebianPackageSystemd has it).
-	// Its backend is down, so /readyz would say 503; /healthz answers.
+	// As an operator would: check the settings, then start imapgate with
+	// exactly the variables of the env file (the unit's EnvironmentFile;
+	// systemd is not PID 1 in this container, TestDebianPackageSystemd
+	// has it). As installed, the file names no backend.
+	if got, want := sh(checkInstalled("/etc/imapgate/imapgate.env")),
+		"IMAPGATE_BACKENDS: required: the mail servers, name=host;... (see the README)\nexit=2\n"; got != want {
+		t.Errorf("imapgate -check-config on the installed settings:\n%s\nwant:\n%s", got, want)
+	}
 	sh(addSettings)
+	if got := sh(checkInstalled("/etc/imapgate/imapgate.env")); got != "ok\nexit=0\n" {
+		t.Errorf("imapgate -check-config with a backend and a rule:\n%s", got)
+	}
+	// A broken copy: one line per problem, in the settings' order, then
+	// the variable that is no setting, then the live checks.
+	sh(`cp /etc/imapgate/imapgate.env /tmp/broken.env
+		printf 'IMAPGATE_PORT_IMAP=0\nIMAPGATE_LOG_LEVEL=loud\nIMAPGATE_SHARD_SECRET=x\nIMAPGATE_LISTEN=127.0.0.1\nIMAPGATE_BACKENDS=mailhost01=mail.invalid\n' >>/tmp/broken.env`)
+	broken := strings.Split(sh(checkInstalled("/tmp/broken.env")), "\n")
+	for i, want := range []string{
+		"IMAPGATE_PORT_IMAP: port 0 is not a port",
+		`IMAPGATE_LOG_LEVEL: "loud" is not debug, info, warn or error`,
+		"IMAPGATE_SHARD_SECRET: not a setting: imapgate ignores it; did you mean IMAPGATE_SHARED_SECRET?",
+		"IMAPGATE_LISTEN: address 127.0.0.1: missing port in address",
+		`IMAPGATE_BACKENDS: backend "mailhost01": resolve "mail.invalid": `,
+		"exit=2",
+		"",
+	} {
+		if i >= len(broken) || !strings.HasPrefix(broken[i], want) || len(broken) != 7 {
+			t.Errorf("imapgate -check-config on a broken file: line %d, want %q; got:\n%s", i+1, want, strings.Join(broken, "\n"))
+			break
+		}
+	}
+	// Its backend is down, so /readyz would say 503; /healthz answers.
 	sh(`grep '^IMAPGATE_' /etc/imapgate/imapgate.env | xargs -d '\n' sh -c 'echo $$ >/tmp/imapgate.pid; exec env -i "$@" /usr/bin/imapgate 2>/tmp/imapgate.log' imapgate >/dev/null &`)
 	waitInstalledHealthy(ctx, t, sh, "cat /tmp/imapgate.log")
 	sh(`kill -TERM "$(cat /tmp/imapgate.pid)"
@@ -76,9 +105,11 @@ func TestDebianPackage(t *testing.T) {
 
 // TestDebianPackageSystemd installs the package where systemd is PID 1 (a
 // container of build-image.sh --systemd-only, no network) and runs
-// imapgate.service as shipped: it starts in its sandbox (a dynamic user,
+// imapgate.service as shipped, after imapgate -check-config on the
+// settings as systemd reads them: it starts in its sandbox (a dynamic user,
 // no capability, no new privileges, a system call filter), answers
-// /healthz, rereads the users file on `systemctl reload`, scores what
+// /healthz, rereads the users file on `systemctl reload`, prints its
+// settings (-print-config) as systemd reads them back, scores what
 // `systemd-analyze security` says offline, stops with the package's
 // removal, and purge leaves nothing, the enablement link included.
 func TestDebianPackageSystemd(t *testing.T) {
@@ -105,8 +136,13 @@ func TestDebianPackageSystemd(t *testing.T) {
 	sh("dpkg -i /root/imapgate.deb")
 	sh(addSettings + `
 		printf 'IMAPGATE_USERS_FILE=/etc/imapgate/users\nIMAPGATE_USERS_FILE_BACKEND=mailhost01\n' >>/etc/imapgate/imapgate.env
-		echo alice >/etc/imapgate/users
-		systemctl enable --now imapgate.service`)
+		echo alice >/etc/imapgate/users`)
+	// Checked first, with the settings read by systemd's own
+	// EnvironmentFile= parser, as the unit reads them.
+	if got := sh(systemdRun("/etc/imapgate/imapgate.env", "-check-config") + ` && echo exit=0 || echo "exit=$?"`); got != "ok\nexit=0\n" {
+		t.Errorf("imapgate -check-config under systemd-run:\n%s", got)
+	}
+	sh("systemctl enable --now imapgate.service")
 	waitInstalledHealthy(ctx, t, sh, "journalctl -u imapgate --no-pager -o cat")
 	status := sh(`pid=$(systemctl show -p MainPID --value imapgate); grep -E '^(Uid|CapEff|NoNewPrivs|Seccomp):' /proc/$pid/status`)
 	for _, want := range []string{"CapEff:\t0000000000000000", "NoNewPrivs:\t1", "Seccomp:\t2"} {
@@ -124,6 +160,7 @@ func TestDebianPackageSystemd(t *testing.T) {
 			sleep 0.1
 		done
 		echo "no users=2 after systemctl reload" >&2; journalctl -u imapgate --no-pager -o cat | tail >&2; exit 1`)
+	checkPrintConfigUnderSystemd(t, sh)
 	if out := sh("systemd-analyze security imapgate.service | tail -1"); !strings.Contains(out, "exposure level for imapgate.service: 1.2 ") {
 		t.Errorf("systemd-analyze security on the running system: %s (the README says 1.2)", out)
 	}
@@ -138,10 +175,68 @@ func TestDebianPackageSystemd(t *testing.T) {
 	}
 }
 
+// systemdRun is the command line that runs the installed imapgate with
+// flag as a transient service whose environment is envFile, read by
+// systemd (EnvironmentFile=), and pipes its output back.
+func systemdRun(envFile, flag string) string {
+	return "systemd-run --quiet --wait --pipe --collect -p EnvironmentFile=" + envFile + " /usr/bin/imapgate " + flag
+}
+
+// checkPrintConfigUnderSystemd: imapgate -print-config, read back by
+// systemd's EnvironmentFile= parser, prints the same settings. The ones
+// added need its quoting: a ';', spaces, a '$' and single quotes, parens;
+// the SQL URL's password is redacted and the rest of the URL shown.
+func checkPrintConfigUnderSystemd(t *testing.T, sh func(string) string) {
+	t.Helper()
+	sh(`cp /etc/imapgate/imapgate.env /tmp/settings.env
+		cat >>/tmp/settings.env <<'EOF'
+IMAPGATE_BACKENDS=mailhost01=127.0.0.1;mailhost02=imap://127.0.0.2:1143
+IMAPGATE_SQL_URL=postgres://imapgate:pw-4711@127.0.0.1/mail
+IMAPGATE_SQL_QUERY=select mail_server from mailaccounts where username=$1 and status <> 'off'
+IMAPGATE_LDAP_FILTER=(&(objectClass=inetOrgPerson)(uid=%s))
+EOF`)
+	printed := sh(systemdRun("/tmp/settings.env", "-print-config") + " >/tmp/printed.env && cat /tmp/printed.env")
+	again := sh(systemdRun("/tmp/printed.env", "-print-config"))
+	settings := func(file string) []string {
+		var lines []string
+		for _, l := range strings.Split(file, "\n") {
+			if strings.HasPrefix(l, "IMAPGATE_") {
+				lines = append(lines, l)
+			}
+		}
+		return lines
+	}
+	if a, b := strings.Join(settings(printed), "\n"), strings.Join(settings(again), "\n"); a != b || a == "" {
+		t.Errorf("-print-config read back by systemd prints other settings:\n%s", lineDiff(a, b))
+	}
+	for _, want := range []string{
+		"# environment\nIMAPGATE_BACKENDS='mailhost01=127.0.0.1;mailhost02=imap://127.0.0.2:1143'\n",
+		"# environment, redacted\nIMAPGATE_SQL_URL=postgres://imapgate:xxxxx@127.0.0.1/mail\n",
+		`IMAPGATE_SQL_QUERY="select mail_server from mailaccounts where username=\$1 and status <> 'off'"` + "\n",
+		"IMAPGATE_LDAP_FILTER='(&(objectClass=inetOrgPerson)(uid=%s))'\n",
+		"# default\nIMAPGATE_LIMIT_WINDOW=15m\n",
+	} {
+		if !strings.Contains(printed, want) {
+			t.Errorf("-print-config under systemd has no %q:\n%s", want, printed)
+		}
+	}
+	if strings.Contains(printed+again, "pw-4711") {
+		t.Errorf("-print-config shows the SQL URL's password:\n%s", printed)
+	}
+}
+
 // fsSnapshot lists everything in a container's file system but what dpkg
 // itself keeps (its database and log), the scratch directories and the
 // journal.
 const fsSnapshot = `find / -xdev \( -path /proc -o -path /sys -o -path /dev -o -path /tmp -o -path /run -o -path /var/lib/dpkg -o -path /var/log \) -prune -o -print | sort`
+
+// checkInstalled runs the installed imapgate -check-config with exactly
+// the IMAPGATE_ lines of an env file as its environment (the file holds
+// no quotes, so each line is the variable as systemd would read it) and
+// prints its exit status last, as exit=N.
+func checkInstalled(envFile string) string {
+	return `grep '^IMAPGATE_' ` + envFile + ` | xargs -d '\n' sh -c 'env -i "$@" /usr/bin/imapgate -check-config; echo "exit=$?"' imapgate`
+}
 
 // addSettings is what an operator adds to the installed settings file
 // for a first start: one backend (down: nothing listens on it) and where

@@ -5,7 +5,10 @@
 // It is configured only by IMAPGATE_* environment variables; see the
 // README for the list. With -healthcheck it instead asks a running
 // imapgate's /healthz (for a container's HEALTHCHECK) and exits 0 when it
-// answers; with -version it prints its version and exits.
+// answers; with -version it prints its version and exits. -check-config
+// checks the settings without serving (exit 0 and "ok", or 2 and one line
+// per problem); -print-config prints the settings in effect as an
+// environment file, secrets redacted.
 package main
 
 import (
@@ -32,10 +35,18 @@ const (
 func main() {
 	healthcheck := flag.Bool("healthcheck", false, "ask the imapgate configured by the environment for /healthz and exit 0 if it answers")
 	version := flag.Bool("version", false, "print the version, VCS revision and Go release, and exit")
+	checkConfig := flag.Bool("check-config", false, "check the settings as a start would, and that backend names resolve and directories answer, without serving; print ok (exit 0) or one line per problem (exit 2)")
+	printConfig := flag.Bool("print-config", false, "print the settings in effect, each with its source (default, environment, file), secrets redacted, as an environment file")
 	flag.Parse()
 	if *version {
 		fmt.Println(readBuildInfo())
 		os.Exit(0)
+	}
+	if *checkConfig {
+		os.Exit(runCheckConfig(context.Background(), envconfig.OsLookuper(), os.Environ(), os.Stdout))
+	}
+	if *printConfig {
+		os.Exit(runPrintConfig(context.Background(), envconfig.OsLookuper(), os.Stdout, os.Stderr))
 	}
 	if *healthcheck {
 		os.Exit(runHealthcheck())

@@ -77,7 +77,8 @@ var settingChecks = []settingCheck{
 
 // loadSettings reads every setting through lookuper and checks it: the
 // first of the two steps of a start (the second is newService). The error
-// names every bad setting, in a fixed order.
+// names every bad setting, in a fixed order; the settings returned with
+// it hold the parts that did check, for -check-config, never for a start.
 func loadSettings(ctx context.Context, lookuper envconfig.Lookuper, logOut io.Writer) (*settings, error) {
 	cfg, readErr := readConfig(ctx, lookuper)
 	s, err := validate(cfg, logOut)
@@ -88,7 +89,7 @@ func loadSettings(ctx context.Context, lookuper envconfig.Lookuper, logOut io.Wr
 		if err != nil {
 			errs = append(errs, unjoin(err)...)
 		}
-		return nil, sortedErrors(append(unjoin(readErr), errs...))
+		return s, sortedErrors(append(unjoin(readErr), errs...))
 	}
 	return s, err
 }
@@ -102,7 +103,8 @@ func unjoin(err error) []error {
 }
 
 // validate checks every setting of c; the error joins all that are bad,
-// in a fixed order. logOut receives the log of the service built from the
+// in a fixed order, and comes with the settings that did check (see
+// loadSettings). logOut receives the log of the service built from the
 // result; nil discards it (a check of the configuration, not a start).
 func validate(c config, logOut io.Writer) (*settings, error) {
 	s := &settings{config: c, rules: make(map[string]backend.Selector)}
@@ -123,7 +125,7 @@ func validate(c config, logOut io.Writer) (*settings, error) {
 		}
 	}
 	if err := sortedErrors(errs); err != nil {
-		return nil, err
+		return s, err
 	}
 	s.limits = auth.DefaultLimits
 	s.limits.PerPair, s.limits.PerUser, s.limits.PerNetwork = c.LimitPair, c.LimitUser, c.LimitNetwork
