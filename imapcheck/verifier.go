@@ -163,9 +163,22 @@ func (v *Verifier) login(ctx context.Context, req Request, raw net.Conn, tr *tra
 		return e
 	}
 	if req.Protocol == IMAP {
-		return s.imap(ctx, greeting)
+		e = s.imap(ctx, greeting)
+	} else {
+		e = s.pop3(ctx, greeting)
 	}
-	return s.pop3(ctx, greeting)
+	return s.delayed(ctx, e)
+}
+
+// delayed turns a timeout that came after the credentials were sent into
+// Delayed: the server greeted and took the login, then held its answer.
+// A cancelled check (the client gave up) stays Temporary.
+func (s *session) delayed(ctx context.Context, e *Error) *Error {
+	if e != nil && e.Outcome == Temporary && s.sentCredentials &&
+		(errors.Is(ctx.Err(), context.DeadlineExceeded) || errors.Is(e.Err, os.ErrDeadlineExceeded)) {
+		e.Outcome = Delayed
+	}
+	return e
 }
 
 // alpn is the ALPN protocol (RFC 7301) offered with implicit TLS.
@@ -180,6 +193,8 @@ type session struct {
 	tr   *transcript
 	conn net.Conn
 	r    *bufio.Reader
+	// sentCredentials is set once the login command is about to go out.
+	sentCredentials bool
 }
 
 // use makes the session speak over conn, as the transcript sees it.
@@ -242,7 +257,7 @@ func Carries(proto Protocol, user, password string) error {
 // cancelled ctx says so, since the error seen on the wire is then only a
 // closed connection, and the password is scrubbed from every text.
 func (v *Verifier) fail(ctx context.Context, req Request, e *Error) *Error {
-	if e.Outcome == Temporary && e.Err != nil {
+	if (e.Outcome == Temporary || e.Outcome == Delayed) && e.Err != nil {
 		if cause := context.Cause(ctx); cause != nil {
 			e.Err = fmt.Errorf("%w: %w", cause, e.Err)
 		} else if errors.Is(e.Err, os.ErrDeadlineExceeded) {
