@@ -45,12 +45,14 @@ type config struct {
 	SharedSecret     string        `env:"SHARED_SECRET"`
 	AllowFrom        networks      `env:"ALLOW_FROM"`
 	MaxChecks        int           `env:"MAX_CHECKS"`
+	MaxChecksPerNet  int           `env:"MAX_CHECKS_PER_NETWORK"`
 	CacheTTL         time.Duration `env:"CACHE_TTL"`
 	CacheSize        int           `env:"CACHE_SIZE"`
 	LimitPair        int           `env:"LIMIT_PAIR"`
 	LimitUser        int           `env:"LIMIT_USER"`
 	LimitNetwork     int           `env:"LIMIT_NETWORK"`
 	LimitWindow      time.Duration `env:"LIMIT_WINDOW"`
+	LimitMaxTracked  int           `env:"LIMIT_MAX_TRACKED"`
 	TrustedNetworks  networks      `env:"TRUSTED_NETWORKS"`
 	MetricsListen    string        `env:"METRICS_LISTEN"`
 	ProbeInterval    time.Duration `env:"PROBE_INTERVAL"`
@@ -65,23 +67,29 @@ func defaultConfig() config {
 	ports := backend.DefaultPorts
 	limits := auth.DefaultLimits
 	return config{
-		Listen:          "127.0.0.1:9180",
-		PortIMAP:        ports.IMAP,
-		PortPOP3:        ports.POP3,
-		PortSMTP:        ports.SMTP,
-		PortIMAPS:       ports.IMAPS,
-		PortPOP3S:       ports.POP3S,
-		VerifyTLS:       imapcheck.SecurityNone.String(),
-		VerifyTimeout:   imapcheck.DefaultTimeout,
+		Listen:    "127.0.0.1:9180",
+		PortIMAP:  ports.IMAP,
+		PortPOP3:  ports.POP3,
+		PortSMTP:  ports.SMTP,
+		PortIMAPS: ports.IMAPS,
+		PortPOP3S: ports.POP3S,
+		VerifyTLS: imapcheck.SecurityNone.String(),
+		// Dovecot's auth penalty holds a login's answer up to 15 s
+		// (AUTH_PENALTY_MAX_SECS); 20 s lets such a check end with the
+		// backend's real answer, and the whole decision (this plus 2 s)
+		// stays well inside nginx's auth_http_timeout of 60 s.
+		VerifyTimeout:   20 * time.Second,
 		SMTPVerify:      string(imapcheck.IMAP),
 		ForwardClientIP: true,
 		MaxChecks:       32,
+		MaxChecksPerNet: 8,
 		CacheTTL:        5 * time.Minute,
 		CacheSize:       auth.DefaultCacheSize,
 		LimitPair:       limits.PerPair,
 		LimitUser:       limits.PerUser,
 		LimitNetwork:    limits.PerNetwork,
 		LimitWindow:     limits.Window,
+		LimitMaxTracked: limits.MaxTracked,
 		ProbeInterval:   backend.DefaultProbeInterval,
 		LogFormat:       "text",
 		LogLevel:        "info",

@@ -51,10 +51,12 @@ var settingChecks = []settingCheck{
 	positive("CACHE_SIZE", func(c config) int64 { return int64(c.CacheSize) }, ""),
 	notNegative("CACHE_TTL", func(c config) int64 { return int64(c.CacheTTL) }, " (0 turns the cache off)"),
 	notNegative("MAX_CHECKS", func(c config) int64 { return int64(c.MaxChecks) }, " (0 = no bound)"),
+	notNegative("MAX_CHECKS_PER_NETWORK", func(c config) int64 { return int64(c.MaxChecksPerNet) }, " (0 = no bound but IMAPGATE_MAX_CHECKS)"),
 	notNegative("LIMIT_PAIR", func(c config) int64 { return int64(c.LimitPair) }, " (0 turns this limit off)"),
 	notNegative("LIMIT_USER", func(c config) int64 { return int64(c.LimitUser) }, " (0 turns this limit off)"),
 	notNegative("LIMIT_NETWORK", func(c config) int64 { return int64(c.LimitNetwork) }, " (0 turns this limit off)"),
 	positive("LIMIT_WINDOW", func(c config) int64 { return int64(c.LimitWindow) }, ""),
+	positive("LIMIT_MAX_TRACKED", func(c config) int64 { return int64(c.LimitMaxTracked) }, ""),
 	positive("PROBE_INTERVAL", func(c config) int64 { return int64(c.ProbeInterval) }, ""),
 	checkHTTPServer,
 }
@@ -111,7 +113,7 @@ func validate(c config, logOut io.Writer) (*settings, error) {
 	}
 	s.limits = auth.DefaultLimits
 	s.limits.PerPair, s.limits.PerUser, s.limits.PerNetwork = c.LimitPair, c.LimitUser, c.LimitNetwork
-	s.limits.Window = c.LimitWindow
+	s.limits.Window, s.limits.MaxTracked = c.LimitWindow, c.LimitMaxTracked
 	s.limits.Trusted = c.TrustedNetworks
 	return s, nil
 }
