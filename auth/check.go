@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"time"
 
 	"github.com/imapgate/imapgate/auth/state"
 	"github.com/imapgate/imapgate/imapcheck"
@@ -22,6 +23,8 @@ type checkResult struct {
 	// admitted says the limits count it in flight until end.
 	refused  state.Kind
 	admitted bool
+	// took is how long the backend login took.
+	took time.Duration
 }
 
 // errNoSlot is wrapped by the error of a check that found no free slot
@@ -80,6 +83,7 @@ func (h *Handler) check(ctx context.Context, a *attempt, t target) checkResult {
 			err: fmt.Errorf("%w: waiting for one of the %d of backend %s: %w", errNoSlot, h.MaxChecks, t.backend.Name, err)}
 	}
 	defer release()
+	start := time.Now()
 	done := h.Metrics.checkStarted(t.backend.Name, string(t.proto))
 	outcome, err := h.Verifier.Verify(ctx, imapcheck.Request{
 		Protocol:   t.proto,
@@ -90,7 +94,7 @@ func (h *Handler) check(ctx context.Context, a *attempt, t target) checkResult {
 		ClientIP:   a.req.ClientIP,
 	})
 	done(outcome.String())
-	return checkResult{outcome: outcome, err: err}
+	return checkResult{outcome: outcome, err: err, took: time.Since(start)}
 }
 
 // shareOf is the network whose share of the check slots a's check takes:

@@ -146,3 +146,23 @@ func TestHandlerConcurrentGuesses(t *testing.T) {
 		}
 	}
 }
+
+// Auth-Wait after a refusal counts the time the backend held the answer
+// (Dovecot's penalty) as waited already, but keeps the session going.
+func TestRejectedWaitLessHeld(t *testing.T) {
+	for _, tc := range []struct {
+		attempt, tried int
+		held           time.Duration
+		want           int
+	}{
+		{1, 1, 0, 2},
+		{1, 5, 0, 10},
+		{1, 5, 3 * time.Second, 7},
+		{1, 7, 15500 * time.Millisecond, 1},
+		{10, 7, 0, 0},
+	} {
+		if got := rejectedWait(tc.attempt, tc.tried, tc.held); got != tc.want {
+			t.Errorf("rejectedWait(%d, %d, %v) = %d, want %d", tc.attempt, tc.tried, tc.held, got, tc.want)
+		}
+	}
+}

@@ -178,7 +178,7 @@ func (h *Handler) conclude(ctx context.Context, a *attempt, t target, res checkR
 		return h.sendTo(ctx, a.req, t.backend, v)
 	case imapcheck.Rejected:
 		h.cache.forget(t.cacheKey(a))
-		v.Reason = ReasonBackendRefused
+		v.Reason, v.Held = ReasonBackendRefused, res.took
 		return h.failed(ctx, a, v)
 	case imapcheck.Delayed:
 		// An attempt whose answer the backend withheld (its penalty on

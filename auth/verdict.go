@@ -124,6 +124,9 @@ type Verdict struct {
 	// passwords this network has tried for the user (Auth-Wait grows
 	// with it).
 	Tried int
+	// Held is how long the backend took to refuse the password: time the
+	// client has waited already, which Auth-Wait need not add again.
+	Held time.Duration
 	// Limit is the limit that throttled a login: pair, user or network.
 	Limit string
 	// Cached says the answer came from the verified-login cache;
@@ -198,7 +201,7 @@ func (v Verdict) answer(req Request) answer {
 	case v.Outcome == OutcomeOK:
 		return answer{code: http.StatusOK, status: StatusOK, server: v.Server, port: v.Port}
 	case v.Outcome == OutcomeRejected:
-		a.status, a.smtp, a.wait = StatusInvalid, SMTPInvalid, rejectedWait(req.Attempt, v.Tried)
+		a.status, a.smtp, a.wait = StatusInvalid, SMTPInvalid, rejectedWait(req.Attempt, v.Tried, v.Held)
 	case v.Outcome == OutcomeThrottled:
 		// No Auth-Wait: nginx closes the session at once. Nothing tried in
 		// it could pass before the window ends, and a session held open
@@ -250,14 +253,17 @@ func (a answer) write(w *http1.ResponseWriter) {
 // rejectedWait is the Auth-Wait after a refused password: it grows with
 // each attempt in the session, or with the distinct wrong passwords the
 // network has tried for the user, whichever is more, which slows a
-// guesser without tying up a mail server process; and it stops once the
-// client has had maxAttemptsWithWait tries, so that nginx closes the
-// session.
-func rejectedWait(attempt, tried int) int {
+// guesser without tying up a mail server process; less the time the
+// backend held the answer (Dovecot's penalty on a guesser already slows
+// it, and a user who mistyped need not wait twice), but at least a second
+// so that the session goes on; and it stops once the client has had
+// maxAttemptsWithWait tries, so that nginx closes the session.
+func rejectedWait(attempt, tried int, held time.Duration) int {
 	if attempt >= maxAttemptsWithWait {
 		return 0
 	}
-	return min(max(attempt, tried)*rejectedWaitPerTry, maxRejectedWait)
+	wait := min(max(attempt, tried)*rejectedWaitPerTry, maxRejectedWait)
+	return max(wait-int(held/time.Second), 1)
 }
 
 // temporaryWait is the Auth-Wait after a backend problem: a short pause,
