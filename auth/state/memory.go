@@ -100,14 +100,82 @@ func (m *Memory) Begin(_ context.Context, a Attempt, _ time.Time) Kind {
 	if k := m.refusing(ks, now, func(k countKey, limit int) bool { return m.over(k, a.Fingerprint, limit, now) }); k != 0 {
 		return k
 	}
+	m.addPending(ks, a.Fingerprint)
+	return 0
+}
+
+// addPending counts fingerprint in flight on ks.
+func (m *Memory) addPending(ks [Network + 1]countKey, fingerprint uint64) {
 	for _, k := range ks[Pair:] {
-		pk := pendingKey{k, a.Fingerprint}
+		pk := pendingKey{k, fingerprint}
 		if m.pending[pk] == 0 {
 			m.pendingDistinct[k]++
 		}
 		m.pending[pk]++
 	}
-	return 0
+}
+
+// admitted counts a check in flight that another store admitted, so that
+// this one, should it have to decide alone, knows it too.
+func (m *Memory) admitted(a Attempt) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.addPending(keys(a.User, a.Network), a.Fingerprint)
+}
+
+// refuses is Begin without counting the check in flight: the count that
+// would refuse a, or 0.
+func (m *Memory) refuses(a Attempt) Kind {
+	ks := keys(a.User, a.Network)
+	now := m.now()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.refusing(ks, now, func(k countKey, limit int) bool { return m.over(k, a.Fingerprint, limit, now) })
+}
+
+// raise brings a's counts up to counts (pair, user, network), the counts
+// another store holds, so that this one, should it have to decide alone,
+// starts from them. The wrong passwords it has not seen are stood for by
+// fingerprints of their own.
+func (m *Memory) raise(a Attempt, counts [3]int) {
+	ks := keys(a.User, a.Network)
+	now := m.now()
+	expires := now.Add(m.limits.Window)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for i, k := range ks[Pair:] {
+		limit := m.limits.limit(k.kind)
+		for n := m.tables[k.kind].count(k.recordKey, now); n < min(counts[i], limit); n++ {
+			if m.tables[k.kind].add(k.recordKey, standIn(a.Fingerprint, n), limit, expires, now) == 0 {
+				break
+			}
+		}
+	}
+}
+
+// standIn is a fingerprint for the n-th wrong password another store
+// counted: distinct from real ones for all practical purposes.
+func standIn(fp uint64, n int) uint64 { return fp*0x9e3779b97f4a7c15 + uint64(n) + 1 }
+
+// isOwner reports whether user has logged in from network, as far as
+// this process knows.
+func (m *Memory) isOwner(user string, network netip.Prefix) bool {
+	now := m.now()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.tables[Owner].get(recordKey{user, network}, now) != nil
+}
+
+// ownerSince returns when user's mark for network was last renewed here,
+// or the zero time.
+func (m *Memory) ownerSince(user string, network netip.Prefix) time.Time {
+	now := m.now()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if e := m.tables[Owner].get(recordKey{user, network}, now); e != nil {
+		return e.expires.Add(-m.limits.Remember)
+	}
+	return time.Time{}
 }
 
 // over reports whether one more distinct password on k would pass limit:

@@ -14,6 +14,7 @@ import (
 	"github.com/sethvargo/go-envconfig"
 
 	"github.com/imapgate/imapgate/auth"
+	"github.com/imapgate/imapgate/auth/state"
 	"github.com/imapgate/imapgate/backend"
 	"github.com/imapgate/imapgate/imapcheck"
 )
@@ -54,6 +55,8 @@ type config struct {
 	LimitWindow      time.Duration `env:"LIMIT_WINDOW"`
 	LimitMaxTracked  int           `env:"LIMIT_MAX_TRACKED"`
 	TrustedNetworks  networks      `env:"TRUSTED_NETWORKS"`
+	StateURL         string        `env:"STATE_URL"`
+	StateTimeout     time.Duration `env:"STATE_TIMEOUT"`
 	MetricsListen    string        `env:"METRICS_LISTEN"`
 	ProbeInterval    time.Duration `env:"PROBE_INTERVAL"`
 	LogFormat        string        `env:"LOG_FORMAT"`
@@ -90,6 +93,7 @@ func defaultConfig() config {
 		LimitNetwork:    limits.PerNetwork,
 		LimitWindow:     limits.Window,
 		LimitMaxTracked: limits.MaxTracked,
+		StateTimeout:    state.DefaultRedisTimeout,
 		ProbeInterval:   backend.DefaultProbeInterval,
 		LogFormat:       "text",
 		LogLevel:        "info",
@@ -100,7 +104,7 @@ func defaultConfig() config {
 // secretSettings are the settings that hold a secret. Each can also be
 // read from a file named by the same variable with _FILE appended (for
 // container secrets), and print-outs of the configuration redact them.
-var secretSettings = []string{"SHARED_SECRET"}
+var secretSettings = []string{"SHARED_SECRET", "STATE_URL"}
 
 // networks is a ","-separated list of CIDR prefixes; a bare address is a
 // network of one.

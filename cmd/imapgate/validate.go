@@ -8,10 +8,12 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"strings"
 
 	"github.com/sethvargo/go-envconfig"
 
 	"github.com/imapgate/imapgate/auth"
+	"github.com/imapgate/imapgate/auth/state"
 	"github.com/imapgate/imapgate/backend"
 	"github.com/imapgate/imapgate/imapcheck"
 )
@@ -57,6 +59,8 @@ var settingChecks = []settingCheck{
 	notNegative("LIMIT_NETWORK", func(c config) int64 { return int64(c.LimitNetwork) }, " (0 turns this limit off)"),
 	positive("LIMIT_WINDOW", func(c config) int64 { return int64(c.LimitWindow) }, ""),
 	positive("LIMIT_MAX_TRACKED", func(c config) int64 { return int64(c.LimitMaxTracked) }, ""),
+	checkStateURL,
+	positive("STATE_TIMEOUT", func(c config) int64 { return int64(c.StateTimeout) }, ""),
 	positive("PROBE_INTERVAL", func(c config) int64 { return int64(c.ProbeInterval) }, ""),
 	checkHTTPServer,
 }
@@ -269,6 +273,21 @@ func checkSMTP(c config, s *settings) error {
 		s.relay = relay
 	}
 	return errors.Join(errs...)
+}
+
+// checkStateURL checks the shared store's URL; its errors never hold the
+// URL's password.
+func checkStateURL(c config, _ *settings) error {
+	if c.StateURL == "" {
+		return nil
+	}
+	if !strings.HasPrefix(c.StateURL, "redis://") && !strings.HasPrefix(c.StateURL, "rediss://") {
+		return settingError("STATE_URL", "want a redis:// or rediss:// URL (Redis or Valkey)")
+	}
+	if _, err := state.ParseRedisURL(c.StateURL); err != nil {
+		return settingError("STATE_URL", "%v", err)
+	}
+	return nil
 }
 
 // The HTTP servers IMAPGATE_HTTP_SERVER chooses from.

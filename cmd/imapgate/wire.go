@@ -9,6 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/imapgate/imapgate/auth"
+	"github.com/imapgate/imapgate/auth/state"
 	"github.com/imapgate/imapgate/backend"
 	"github.com/imapgate/imapgate/imapcheck"
 )
@@ -21,6 +22,9 @@ type service struct {
 	usersFile *backend.UsersFile // nil without IMAPGATE_USERS_FILE
 	health    *backend.Health
 	registry  *prometheus.Registry
+	// state is the shared store of the guessing limits, nil without
+	// IMAPGATE_STATE_URL.
+	state *state.Redis
 	// logFlusher, when set, runs beside the server and flushes the log
 	// buffer until its context ends.
 	logFlusher func(context.Context)
@@ -54,6 +58,7 @@ func newService(s *settings) *service {
 		CacheTTL:            s.CacheTTL,
 		CacheSize:           s.CacheSize,
 		Limits:              &s.limits,
+		State:               svc.newState(s),
 		Metrics:             metrics,
 		Health:              svc.health,
 		// The check has VerifyTimeout; resolving the backend's name for
@@ -62,6 +67,43 @@ func newService(s *settings) *service {
 		Logger:  s.logger,
 	}
 	return svc
+}
+
+// newState connects the shared store of IMAPGATE_STATE_URL, which logs
+// and counts each change between shared and local state; nil (the
+// handler's own in-process state) without it.
+func (svc *service) newState(s *settings) state.Store {
+	if s.StateURL == "" {
+		return nil
+	}
+	shared := prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "imapgate_state_shared",
+		Help: "1 while the guessing limits are shared through IMAPGATE_STATE_URL, 0 while the store cannot be reached and they are kept in this process.",
+	})
+	fallbacks := prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "imapgate_state_fallbacks_total",
+		Help: "Times the shared store could not be reached and the guessing limits fell back to this process.",
+	})
+	svc.registry.MustRegister(shared, fallbacks)
+	logger := s.logger
+	st, err := state.NewRedis(state.RedisConfig{URL: s.StateURL, Limits: s.limits.Limits, Timeout: s.StateTimeout,
+		OnChange: func(ok bool, err error) {
+			if ok {
+				shared.Set(1)
+				logger.Info("state store reachable: guessing limits shared")
+				return
+			}
+			shared.Set(0)
+			fallbacks.Inc()
+			logger.Warn("state store unreachable: guessing limits kept in this process until it answers", "err", err)
+		}})
+	if err != nil {
+		// validate has parsed the URL already.
+		logger.Error("state store", "err", err)
+		return nil
+	}
+	svc.state = st
+	return st
 }
 
 // newHealth builds the background probes of every backend, which log and
