@@ -1,7 +1,8 @@
 #!/bin/sh
 # install-deps.sh installs, from Debian's packages, what the integration
 # tests and `make demo` need and the machine lacks: Dovecot (IMAP, POP3),
-# nginx with its mail module, debootstrap (to build the Dovecot test image
+# nginx with its mail module, redis-server (the shared-state scenarios),
+# debootstrap (to build the Dovecot test image
 # when a Docker engine is present) and, where there is Docker,
 # docker-compose. Idempotent: it checks each command and package first and
 # touches apt only for what is missing. Run as root.
@@ -30,6 +31,7 @@ need libnginx-mod-mail "test -e /usr/lib/nginx/modules/ngx_mail_module.so || ngi
 need debootstrap "command -v debootstrap"
 need fail2ban "command -v fail2ban-regex"
 need wrk "command -v wrk"
+need redis-server "command -v redis-server"
 need ca-certificates "test -e /etc/ssl/certs/ca-certificates.crt"
 # Compose, for TestCompose and docker-compose.yml: only on a machine with a
 # Docker client, and only when neither `docker compose` (v2) nor
@@ -73,7 +75,7 @@ DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $missi
 
 # Packages whose postinst ignored policy-rc.d (or a machine where services
 # start anyway): make sure nothing the tests need is held by a system daemon.
-for svc in dovecot nginx; do
+for svc in dovecot nginx redis-server; do
 	if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$svc" 2>/dev/null; then
 		log "stopping the system $svc service (it would hold the test ports)"
 		systemctl stop "$svc" || true

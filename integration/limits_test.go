@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/smtp"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -78,22 +77,11 @@ func startPenaltyGateway(t *testing.T, name, backendIP, gatewayIP string, settin
 func smtpAuth(ctx context.Context, d *net.Dialer, addr, user, pass string) error {
 	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
-	conn, err := d.DialContext(ctx, "tcp", addr)
+	c, err := smtpAuthenticated(ctx, d, addr, user, pass)
 	if err != nil {
-		return err
-	}
-	if dl, ok := ctx.Deadline(); ok {
-		conn.SetDeadline(dl)
-	}
-	c, err := smtp.NewClient(conn, "localhost")
-	if err != nil {
-		conn.Close()
 		return err
 	}
 	defer c.Close()
-	if err := c.Auth(smtp.PlainAuth("", user, pass, "localhost")); err != nil {
-		return err
-	}
 	return c.Quit()
 }
 

@@ -109,6 +109,7 @@ type Env struct {
 	mu       sync.Mutex
 	nextIP   int
 	extra    []*Backend
+	redis    []*Redis
 	keep     bool
 	external bool
 	imgBuild imageBuild
@@ -309,6 +310,7 @@ func (e *Env) takeLock(ctx context.Context) error {
 				_ = exec.Command("docker", append([]string{"rm", "-f"}, ids...)...).Run()
 			}
 		}
+		_ = exec.Command("docker", "network", "prune", "-f", "--filter", "label=imapgate-it=1").Run()
 	}
 	old, _ := filepath.Glob(filepath.Join(Root, "run-*"))
 	for _, d := range old {
@@ -505,6 +507,9 @@ func (e *Env) Close() error {
 	}
 	for _, b := range e.extra {
 		errs = append(errs, b.Close())
+	}
+	for _, r := range e.redis {
+		errs = append(errs, r.Close())
 	}
 	for _, b := range e.Backends {
 		errs = append(errs, b.Close())

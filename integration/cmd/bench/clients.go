@@ -49,12 +49,18 @@ func authRequestFrom(host, user, pass, clientIP string) []byte {
 // authOnce sends one prepared auth_http request to addr on a new connection,
 // reads the whole answer (the server closes), and returns its Auth-Status.
 func authOnce(addr string, req []byte) (string, error) {
-	conn, err := net.DialTimeout("tcp", addr, opTimeout)
+	return authOnceWithin(addr, req, opTimeout)
+}
+
+// authOnceWithin is authOnce with a bound of its own, for answers that
+// Dovecot's penalty holds (up to 15 s, and imapgate waits for it).
+func authOnceWithin(addr string, req []byte, timeout time.Duration) (string, error) {
+	conn, err := net.DialTimeout("tcp", addr, timeout)
 	if err != nil {
 		return "", err
 	}
 	defer conn.Close()
-	conn.SetDeadline(time.Now().Add(opTimeout))
+	conn.SetDeadline(time.Now().Add(timeout))
 	if _, err := conn.Write(req); err != nil {
 		return "", err
 	}

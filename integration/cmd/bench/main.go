@@ -74,7 +74,7 @@ type config struct {
 }
 
 // figures are the parts of the run, in order, as -only names them.
-var figures = []string{"cached", "latency", "e2e", "steady", "memory", "penalty", "guessing", "flood"}
+var figures = []string{"cached", "latency", "e2e", "steady", "memory", "penalty", "guessing", "flood", "shared"}
 
 func (c config) want(figure string) bool { return len(c.only) == 0 || c.only[figure] }
 
@@ -211,6 +211,7 @@ func run(cfg config) (err error) {
 		{"penalty", "Dovecot's auth penalty", b.penalty},
 		{"guessing", "guessing under Dovecot's penalty", b.guessing},
 		{"flood", "flood of unrelated wrong logins", b.flood},
+		{"shared", "shared state", b.shared},
 	} {
 		if !cfg.want(f.name) {
 			continue
