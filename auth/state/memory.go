@@ -173,7 +173,7 @@ func (m *Memory) ownerSince(user string, network netip.Prefix) time.Time {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if e := m.tables[Owner].get(recordKey{user, network}, now); e != nil {
-		return e.expires.Add(-m.limits.Remember)
+		return time.Unix(0, e.expires).Add(-m.limits.Remember)
 	}
 	return time.Time{}
 }
@@ -184,12 +184,10 @@ func (m *Memory) ownerSince(user string, network netip.Prefix) time.Time {
 func (m *Memory) over(k countKey, fingerprint uint64, limit int, now time.Time) bool {
 	n := 0
 	if e := m.tables[k.kind].get(k.recordKey, now); e != nil {
-		for _, f := range e.seen {
-			if f == fingerprint {
-				return false
-			}
+		if e.holds(fingerprint) {
+			return false
 		}
-		n = len(e.seen)
+		n = int(e.n)
 	}
 	if m.pending[pendingKey{k, fingerprint}] > 0 {
 		return false
@@ -254,12 +252,14 @@ func (m *Memory) Records(context.Context) ([]Record, error) {
 	var out []Record
 	for kind := Pair; kind <= Owner; kind++ {
 		limit := m.limits.limit(kind)
-		for _, e := range m.tables[kind].entries {
-			if !now.Before(e.expires) {
+		t := m.tables[kind]
+		for _, i := range t.index {
+			e := t.at(i)
+			if e.expires <= now.UnixNano() {
 				continue
 			}
 			out = append(out, Record{Kind: kind, User: e.key.user, Network: e.key.network,
-				Failures: len(e.seen), Limit: limit, Blocked: limit > 0 && len(e.seen) >= limit, Expires: e.expires})
+				Failures: int(e.n), Limit: limit, Blocked: limit > 0 && int(e.n) >= limit, Expires: time.Unix(0, e.expires)})
 		}
 	}
 	return out, nil
@@ -284,5 +284,5 @@ func (m *Memory) Len(kind Kind) int {
 	if kind < Pair || kind > Owner {
 		return 0
 	}
-	return len(m.tables[kind].entries)
+	return m.tables[kind].len()
 }

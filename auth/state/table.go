@@ -14,41 +14,31 @@ type recordKey struct {
 
 // entry is one record: the fingerprints of the distinct wrong passwords
 // counted (at most the limit's worth: more change no decision), or none
-// for an owner mark. Entries of one level form a list, oldest first.
+// for an owner mark. The first fingerprint is kept inline, since most
+// records (a flood's) never hold a second. Entries live in the table's
+// arena and link to the others of their level by index, oldest first, so
+// that a record costs no allocation of its own and the collector has
+// little to trace.
 type entry struct {
 	key        recordKey
-	seen       []uint64
-	expires    time.Time
-	level      int
-	prev, next *entry
+	first      uint64
+	more       *[]uint64 // the others, for the few records that have any
+	expires    int64     // Unix nanoseconds
+	prev, next int32
+	n          uint8 // fingerprints held: the entry's level, for a count
+	level      uint8
+}
+
+// none is the index of no entry.
+const none = -1
+
+// holds reports whether e counts fingerprint.
+func (e *entry) holds(fingerprint uint64) bool {
+	return e.n > 0 && e.first == fingerprint || e.more != nil && slices.Contains(*e.more, fingerprint)
 }
 
 // list is the entries of one level, least recently changed at head.
-type list struct{ head, tail *entry }
-
-func (l *list) push(e *entry) {
-	e.prev, e.next = l.tail, nil
-	if l.tail != nil {
-		l.tail.next = e
-	} else {
-		l.head = e
-	}
-	l.tail = e
-}
-
-func (l *list) remove(e *entry) {
-	if e.prev != nil {
-		e.prev.next = e.next
-	} else {
-		l.head = e.next
-	}
-	if e.next != nil {
-		e.next.prev = e.prev
-	} else {
-		l.tail = e.prev
-	}
-	e.prev, e.next = nil, nil
-}
+type list struct{ head, tail int32 }
 
 // table keeps the records of one kind, at most max of them.
 //
@@ -64,51 +54,99 @@ func (l *list) remove(e *entry) {
 // renewed goes first.
 type table struct {
 	max       int
-	entries   map[recordKey]*entry
+	index     map[recordKey]int32
+	arena     []entry
+	free      []int32
 	levels    []list // by level: 0 .. the kind's limit
 	lastSweep time.Time
 }
+
+// preallocMax bounds the records a table's arena is made for at once.
+const preallocMax = 1 << 17
 
 // sweepEvery bounds how often a full table is swept for expired records
 // (a pass over all of them).
 const sweepEvery = time.Second
 
 func newTable(max, limit int) *table {
-	return &table{max: max, entries: make(map[recordKey]*entry), levels: make([]list, max0(limit)+1)}
+	// Levels are a byte: a limit above 255 counts at most 255.
+	t := &table{max: max, index: make(map[recordKey]int32), levels: make([]list, min(max0(limit), 255)+1)}
+	if max > 0 {
+		// The arena's capacity at once (up to preallocMax), so that it does
+		// not grow by copying, which costs more than its own size again in
+		// garbage; the pages are touched only as records arrive.
+		t.arena = make([]entry, 0, min(max, preallocMax))
+	}
+	for i := range t.levels {
+		t.levels[i] = list{none, none}
+	}
+	return t
 }
 
 func max0(n int) int { return max(n, 0) }
 
+func (t *table) at(i int32) *entry { return &t.arena[i] }
+
+func (t *table) push(i int32) {
+	e := t.at(i)
+	l := &t.levels[e.level]
+	e.prev, e.next = l.tail, none
+	if l.tail != none {
+		t.at(l.tail).next = i
+	} else {
+		l.head = i
+	}
+	l.tail = i
+}
+
+func (t *table) unlink(i int32) {
+	e := t.at(i)
+	l := &t.levels[e.level]
+	if e.prev != none {
+		t.at(e.prev).next = e.next
+	} else {
+		l.head = e.next
+	}
+	if e.next != none {
+		t.at(e.next).prev = e.prev
+	} else {
+		l.tail = e.prev
+	}
+	e.prev, e.next = none, none
+}
+
 // get returns k's live entry, dropping it if it has expired.
 func (t *table) get(k recordKey, now time.Time) *entry {
-	e, ok := t.entries[k]
+	i, ok := t.index[k]
 	if !ok {
 		return nil
 	}
-	if !now.Before(e.expires) {
-		t.drop(e)
+	if t.at(i).expires <= now.UnixNano() {
+		t.drop(i)
 		return nil
 	}
-	return e
+	return t.at(i)
 }
 
 // count returns how many distinct wrong passwords k holds now.
 func (t *table) count(k recordKey, now time.Time) int {
 	if e := t.get(k, now); e != nil {
-		return len(e.seen)
+		return int(e.n)
 	}
 	return 0
 }
 
-func (t *table) drop(e *entry) {
-	t.levels[e.level].remove(e)
-	delete(t.entries, e.key)
+func (t *table) drop(i int32) {
+	t.unlink(i)
+	delete(t.index, t.at(i).key)
+	*t.at(i) = entry{prev: none, next: none}
+	t.free = append(t.free, i)
 }
 
 // delete forgets k.
 func (t *table) delete(k recordKey) {
-	if e, ok := t.entries[k]; ok {
-		t.drop(e)
+	if i, ok := t.index[k]; ok {
+		t.drop(i)
 	}
 }
 
@@ -119,13 +157,20 @@ func (t *table) upsert(k recordKey, expires time.Time, newLevel int, now time.Ti
 	if e := t.get(k, now); e != nil {
 		return e
 	}
-	if t.max > 0 && len(t.entries) >= t.max && !t.makeRoom(newLevel, now) {
+	if t.max > 0 && len(t.index) >= t.max && !t.makeRoom(newLevel, now) {
 		return nil
 	}
-	e := &entry{key: k, expires: expires}
-	t.entries[k] = e
-	t.levels[0].push(e)
-	return e
+	var i int32
+	if n := len(t.free); n > 0 {
+		i, t.free = t.free[n-1], t.free[:n-1]
+	} else {
+		i = int32(len(t.arena))
+		t.arena = append(t.arena, entry{})
+	}
+	*t.at(i) = entry{key: k, expires: expires.UnixNano(), prev: none, next: none}
+	t.index[k] = i
+	t.push(i)
+	return t.at(i)
 }
 
 // makeRoom drops one record for a newcomer of level newLevel: an expired
@@ -134,12 +179,12 @@ func (t *table) upsert(k recordKey, expires time.Time, newLevel int, now time.Ti
 func (t *table) makeRoom(newLevel int, now time.Time) bool {
 	if now.Sub(t.lastSweep) >= sweepEvery {
 		t.lastSweep = now
-		for _, e := range t.entries {
-			if !now.Before(e.expires) {
-				t.drop(e)
+		for _, i := range t.index {
+			if t.at(i).expires <= now.UnixNano() {
+				t.drop(i)
 			}
 		}
-		if len(t.entries) < t.max {
+		if len(t.index) < t.max {
 			return true
 		}
 	}
@@ -147,21 +192,22 @@ func (t *table) makeRoom(newLevel int, now time.Time) bool {
 		if level > newLevel {
 			return false
 		}
-		if e := t.levels[level].head; e != nil {
-			t.drop(e)
+		if i := t.levels[level].head; i != none {
+			t.drop(i)
 			return true
 		}
 	}
 	return false
 }
 
-// renew sets e's expiry and moves it to the tail of level (its count, or
-// 0 for an owner mark): the most recently changed of its level.
+// renew sets e's expiry and moves it to the tail of its level (its count,
+// or 0 for an owner mark): the most recently changed of its level.
 func (t *table) renew(e *entry, expires time.Time) {
-	t.levels[e.level].remove(e)
-	e.expires = expires
-	e.level = min(len(e.seen), len(t.levels)-1)
-	t.levels[e.level].push(e)
+	i := t.index[e.key]
+	t.unlink(i)
+	e.expires = expires.UnixNano()
+	e.level = min(e.n, uint8(len(t.levels)-1))
+	t.push(i)
 }
 
 // add counts fingerprint on k (unless seen already, or the count is at
@@ -172,9 +218,20 @@ func (t *table) add(k recordKey, fingerprint uint64, limit int, expires, now tim
 	if e == nil {
 		return 0
 	}
-	if !slices.Contains(e.seen, fingerprint) && len(e.seen) < limit {
-		e.seen = append(e.seen, fingerprint)
+	if !e.holds(fingerprint) && int(e.n) < min(limit, 255) {
+		switch {
+		case e.n == 0:
+			e.first = fingerprint
+		case e.more == nil:
+			e.more = &[]uint64{fingerprint}
+		default:
+			*e.more = append(*e.more, fingerprint)
+		}
+		e.n++
 	}
 	t.renew(e, expires)
-	return len(e.seen)
+	return int(e.n)
 }
+
+// len returns the records kept, expired ones included until swept.
+func (t *table) len() int { return len(t.index) }
