@@ -110,6 +110,20 @@ func authOK(addr string, req []byte) error {
 	return nil
 }
 
+// measureOK sends req to addr over and over for d, each answered OK, and
+// returns the latencies.
+func measureOK(addr string, req []byte, d time.Duration) ([]time.Duration, error) {
+	var lat []time.Duration
+	for end := time.Now().Add(d); time.Now().Before(end); {
+		start := time.Now()
+		if err := authOK(addr, req); err != nil {
+			return nil, err
+		}
+		lat = append(lat, time.Since(start))
+	}
+	return lat, nil
+}
+
 // imapLogin is a minimal IMAP client: greeting, LOGIN, LOGOUT, each reply
 // awaited, on a new connection to addr (a Dovecot, or nginx's mail proxy).
 // The same code measures the raw login and drives the end-to-end logins.

@@ -91,17 +91,7 @@ func (b *bench) guessing(ctx context.Context, r *report) error {
 func (b *bench) crowd(addr string, logOffset func() int64, logSince func(int64) []string, f *guessingFigures) error {
 	legitPass, _ := b.env.Backends["mailhost02"].Password("bob")
 	legit := authRequestFrom(ipGuess, "bob", legitPass, "198.51.100.30")
-	measure := func(d time.Duration) ([]time.Duration, error) {
-		var lat []time.Duration
-		for end := time.Now().Add(d); time.Now().Before(end); {
-			start := time.Now()
-			if err := authOK(addr, legit); err != nil {
-				return nil, err
-			}
-			lat = append(lat, time.Since(start))
-		}
-		return lat, nil
-	}
+	measure := func(d time.Duration) ([]time.Duration, error) { return measureOK(addr, legit, d) }
 	idle, err := measure(8 * time.Second)
 	if err != nil {
 		return fmt.Errorf("idle check: %w", err)
