@@ -31,6 +31,14 @@ func (v *blockView) set(k countKey, until time.Time) {
 }
 
 func (v *blockView) lift(k countKey) {
+	// Every successful login lifts its pair: look before taking the
+	// write lock, which would serialise them all.
+	v.mu.RLock()
+	_, ok := v.m[k]
+	v.mu.RUnlock()
+	if !ok {
+		return
+	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	delete(v.m, k)
