@@ -26,6 +26,7 @@ type guessingFigures struct {
 	crowdGuesses       int // guesses the 96 concurrent guessers sent
 	crowdReachedOne    int // checks of the one account's password
 	crowdReachedAll    int // checks of the crowd's, all accounts
+	guessEvery         time.Duration
 }
 
 // floodFigures are imapgate's memory through a flood of unrelated wrong
@@ -37,15 +38,12 @@ type floodFigures struct {
 	afterKB       int // VmRSS once the flood is over
 }
 
-// guessEvery paces each concurrent guesser: 20 guesses a second each
-// (1,920 for the 96), as the penalty figure's one client. Unpaced, the
-// guessers and imapgate share this machine's two cores with the
-// legitimate client, and its latency measures the load generator.
-const guessEvery = 50 * time.Millisecond
-
 // guessing: (1) one client tries 40 distinct wrong passwords for one
 // account, one after another; (2) from another network, 32 guessers on
-// one account and 64 on 64 accounts, each guessing 20 times a second, while
+// one account and 64 on 64 accounts, each guessing once every -guess-every
+// (by default 50 ms, 20 a second as the penalty figure's one client:
+// unpaced, the guessers and imapgate share this machine's two cores with
+// the legitimate client, whose latency then measures the load generator), while
 // another network's user logs in over and over: that user's check p99 is
 // compared with its idle p99. Requests go to imapgate as nginx sends them.
 func (b *bench) guessing(ctx context.Context, r *report) error {
@@ -101,7 +99,7 @@ func (b *bench) crowd(addr string, logOffset func() int64, logSince func(int64) 
 	var sent atomic.Int32
 	var wg sync.WaitGroup
 	guesser := func(user, clientIP string, n int) {
-		tick := time.NewTicker(guessEvery)
+		tick := time.NewTicker(b.cfg.guessEvery)
 		defer tick.Stop()
 		for i := 0; ; i++ {
 			select {
@@ -126,7 +124,7 @@ func (b *bench) crowd(addr string, logOffset func() int64, logSince func(int64) 
 		return fmt.Errorf("check under attack: %w", err)
 	}
 	lines := logSince(offset)
-	f.crowdGuesses = int(sent.Load())
+	f.crowdGuesses, f.guessEvery = int(sent.Load()), b.cfg.guessEvery
 	f.crowdReachedOne = refusedFor(lines, "amy")
 	f.crowdReachedAll = f.crowdReachedOne
 	for n := range 64 {
