@@ -22,8 +22,10 @@ type service struct {
 	usersFile *backend.UsersFile // nil without IMAPGATE_USERS_FILE
 	health    *backend.Health
 	registry  *prometheus.Registry
-	// state is the shared store of the guessing limits, nil without
-	// IMAPGATE_STATE_URL.
+	// store keeps the guessing limits' state (the admin endpoints list and
+	// lift records through it); state is the same when it is shared
+	// through IMAPGATE_STATE_URL, nil otherwise.
+	store state.Store
 	state *state.Redis
 	// logFlusher, when set, runs beside the server and flushes the log
 	// buffer until its context ends.
@@ -70,11 +72,12 @@ func newService(s *settings) *service {
 }
 
 // newState connects the shared store of IMAPGATE_STATE_URL, which logs
-// and counts each change between shared and local state; nil (the
-// handler's own in-process state) without it.
+// and counts each change between shared and local state; without it, the
+// state is kept in the process.
 func (svc *service) newState(s *settings) state.Store {
 	if s.StateURL == "" {
-		return nil
+		svc.store = state.NewMemory(s.limits.Limits)
+		return svc.store
 	}
 	shared := prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "imapgate_state_shared",
@@ -99,10 +102,11 @@ func (svc *service) newState(s *settings) state.Store {
 		}})
 	if err != nil {
 		// validate has parsed the URL already.
-		logger.Error("state store", "err", err)
-		return nil
+		logger.Error("state store: keeping the limits in this process", "err", err)
+		svc.store = state.NewMemory(s.limits.Limits)
+		return svc.store
 	}
-	svc.state = st
+	svc.store, svc.state = st, st
 	return st
 }
 
