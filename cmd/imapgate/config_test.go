@@ -133,7 +133,7 @@ func TestConfigDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if svc.cfg.Listen != "127.0.0.1:9180" || svc.cfg.VerifyTLS != "none" || svc.cfg.VerifyTimeout.String() != "20s" || svc.handler.MaxChecksPerNetwork != 8 || svc.handler.Limits.MaxTracked != 100_000 {
+	if svc.cfg.Listen != "127.0.0.1:9180" || svc.cfg.VerifyTLS != "none" || svc.cfg.VerifyTimeout.String() != "20s" || svc.handler.MaxChecksPerNetwork != 2 || svc.handler.Limits.MaxTracked != 100_000 {
 		t.Errorf("defaults: %+v", svc.cfg)
 	}
 	for user, want := range map[string]string{"alice": "mailhost01", "george": "mailhost01", "bob": "mailhost02"} {
