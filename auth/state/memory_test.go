@@ -257,7 +257,8 @@ func TestDigester(t *testing.T) {
 	if NewDigester(nil).Sum("a") == d.Sum("a") {
 		t.Error("two random keys gave the same digest")
 	}
-	if NewDigester([]byte("k")).Fingerprint("u", "p") != NewDigester([]byte("k")).Fingerprint("u", "p") {
+	a, b := NewDigester([]byte("k")), NewDigester([]byte("k"))
+	if a.Fingerprint("u", "p") != b.Fingerprint("u", "p") {
 		t.Error("one key, two fingerprints")
 	}
 }

@@ -39,13 +39,12 @@ type Replicas struct {
 	// output is the container's log), nil while one is killed.
 	Imapgates []*Process
 
-	env      *Env
-	network  string
-	redis    string
-	names    []string
-	settings []string
-	dir      string
-	nginx    *Process
+	env     *Env
+	network string
+	redis   string
+	names   []string
+	dir     string
+	nginx   *Process
 }
 
 // StartReplicas builds what is missing (the Redis and imapgate images)
