@@ -255,9 +255,10 @@ func TestConcurrentGuessers(t *testing.T) {
 // legitimateLogins logs bob, erin and zoe in through gw from other
 // networks, over and over until stop is closed (at least once each).
 func legitimateLogins(ctx context.Context, e *harness.Env, gw *harness.Gateway, stop <-chan struct{}, n *atomic.Int32) error {
+	d := e.ClientDialer()
 	for {
 		for _, user := range []string{"bob", "erin", "zoe"} {
-			if err := imapLogin(ctx, e.ClientDialer(), gw.IMAPAddr, user, e.Password("mailhost02", user)); err != nil {
+			if err := imapLogin(ctx, d, gw.IMAPAddr, user, e.Password("mailhost02", user)); err != nil {
 				return fmt.Errorf("%s: %w", user, err)
 			}
 			n.Add(1)

@@ -108,6 +108,9 @@ type Env struct {
 	logf     func(string, ...any)
 	mu       sync.Mutex
 	nextIP   int
+	// nextClient numbers ClientDialer's addresses: a counter of its own,
+	// so that many client logins cannot push the gateways' past 255.
+	nextClient int
 	extra    []*Backend
 	redis    []*Redis
 	keep     bool
@@ -493,9 +496,9 @@ func (e *Env) nextGatewayIP() string {
 func (e *Env) ClientDialer() *net.Dialer {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	e.nextIP++
+	e.nextClient++
 	return &net.Dialer{Timeout: 10 * time.Second,
-		LocalAddr: &net.TCPAddr{IP: net.ParseIP(fmt.Sprintf("127.0.2.%d", e.nextIP%250+1))}}
+		LocalAddr: &net.TCPAddr{IP: net.ParseIP(fmt.Sprintf("127.0.2.%d", e.nextClient%250+1))}}
 }
 
 // Close stops everything Start started and removes the run directory
