@@ -102,20 +102,20 @@ type Env struct {
 	// (Binary) or ImapgateContainer (ImapgateImage, IMAPGATE_IT_IMAPGATE).
 	ImapgateMode string
 
-	image    string
-	pidDir   string
-	lock     *os.File
-	logf     func(string, ...any)
-	mu       sync.Mutex
-	nextIP   int
+	image  string
+	pidDir string
+	lock   *os.File
+	logf   func(string, ...any)
+	mu     sync.Mutex
+	nextIP int
 	// nextClient numbers ClientDialer's addresses: a counter of its own,
 	// so that many client logins cannot push the gateways' past 255.
 	nextClient int
-	extra    []*Backend
-	redis    []*Redis
-	keep     bool
-	external bool
-	imgBuild imageBuild
+	extra      []*Backend
+	redis      []*Redis
+	keep       bool
+	external   bool
+	imgBuild   imageBuild
 }
 
 // Start prepares a run: takes the run lock, stops what a crashed run left,
