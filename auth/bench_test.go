@@ -6,6 +6,8 @@ package auth
 //	go test -run '^$' -bench ServeLoopback -cpuprofile cpu.out ./auth && go tool pprof -top auth.test cpu.out
 
 import (
+	"github.com/imapgate/imapgate/auth/state"
+
 	"bufio"
 	"context"
 	"fmt"
@@ -72,21 +74,21 @@ func BenchmarkUnescape(b *testing.B) {
 // BenchmarkFingerprint is the keyed digest every plain login computes
 // (the cache key's password part).
 func BenchmarkFingerprint(b *testing.B) {
-	fp := newFingerprinter()
+	fp := state.NewDigester(nil)
 	b.ReportAllocs()
 	for b.Loop() {
-		fp.digest("mailhost01", "imap", "192.0.2.22:143", "alice", "alice-pw-6d1f2")
+		fp.Sum("mailhost01", "imap", "192.0.2.22:143", "alice", "alice-pw-6d1f2")
 	}
 }
 
 // BenchmarkCacheLookup is a cache hit: the digest, then the lookup, as
 // decidePlain does them.
 func BenchmarkCacheLookup(b *testing.B) {
-	fp := newFingerprinter()
+	fp := state.NewDigester(nil)
 	c := newLoginCache(time.Hour, 100_000)
 	key := cacheKey{backend: "mailhost01", protocol: "imap", user: "alice"}
 	digest := func() [32]byte {
-		return fp.digest("mailhost01", "imap", "192.0.2.22:143", "alice", "alice-pw-6d1f2")
+		return fp.Sum("mailhost01", "imap", "192.0.2.22:143", "alice", "alice-pw-6d1f2")
 	}
 	c.store(key, digest())
 	b.Run("digest+hit", func(b *testing.B) {

@@ -2,59 +2,10 @@ package auth
 
 import (
 	"crypto/hmac"
-	"crypto/rand"
 	"crypto/sha256"
-	"encoding/binary"
-	"hash"
 	"sync"
 	"time"
 )
-
-// fingerprinter turns credentials into keyed digests, so that imapgate can
-// recognise a password again (in the cache, in the failure counts) without
-// ever storing it. The key is random and lives only in this process, so a
-// memory dump or a log of digests cannot be checked against guesses
-// offline.
-type fingerprinter struct {
-	pool sync.Pool // of *hasher
-}
-
-// hasher is an HMAC-SHA256 with the key, and scratch space, so that a
-// digest allocates nothing.
-type hasher struct {
-	mac hash.Hash
-	in  []byte
-	out []byte
-}
-
-func newFingerprinter() *fingerprinter {
-	key := make([]byte, 32)
-	rand.Read(key) // never fails (crypto/rand panics instead)
-	f := &fingerprinter{}
-	f.pool.New = func() any {
-		return &hasher{mac: hmac.New(sha256.New, key), out: make([]byte, 0, sha256.Size)}
-	}
-	return f
-}
-
-// digest returns HMAC(key, fields), each field prefixed by its length so
-// that ("ab","c") and ("a","bc") differ.
-func (f *fingerprinter) digest(fields ...string) [sha256.Size]byte {
-	h := f.pool.Get().(*hasher)
-	h.in = h.in[:0]
-	for _, s := range fields {
-		h.in = binary.BigEndian.AppendUint32(h.in, uint32(len(s)))
-		h.in = append(h.in, s...)
-	}
-	h.mac.Reset()
-	h.mac.Write(h.in)
-	var sum [sha256.Size]byte
-	copy(sum[:], h.mac.Sum(h.out[:0]))
-	// The scratch held a password: do not keep it around.
-	clear(h.in)
-	f.pool.Put(h)
-	return sum
-}
 
 // loginCache remembers, for a short time, which credentials a backend
 // accepted, so that a mail client reconnecting (or opening five

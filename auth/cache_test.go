@@ -1,6 +1,8 @@
 package auth
 
 import (
+	"github.com/imapgate/imapgate/auth/state"
+
 	"bytes"
 	"context"
 	"net/http"
@@ -16,9 +18,9 @@ func TestLoginCache(t *testing.T) {
 	now := time.Unix(1_700_000_000, 0)
 	c := newLoginCache(time.Minute, 3)
 	c.now = func() time.Time { return now }
-	fp := newFingerprinter()
+	fp := state.NewDigester(nil)
 	k := cacheKey{"mailhost01", "imap", "alice"}
-	right, wrong := fp.digest("alice", "right"), fp.digest("alice", "wrong")
+	right, wrong := fp.Sum("alice", "right"), fp.Sum("alice", "wrong")
 
 	if c.hit(k, right) {
 		t.Fatal("hit in an empty cache")
@@ -59,14 +61,14 @@ func TestLoginCache(t *testing.T) {
 }
 
 func TestFingerprintFieldsAreSeparated(t *testing.T) {
-	fp := newFingerprinter()
-	if fp.digest("ab", "c") == fp.digest("a", "bc") {
+	fp := state.NewDigester(nil)
+	if fp.Sum("ab", "c") == fp.Sum("a", "bc") {
 		t.Error("field boundaries are not part of the digest")
 	}
-	if first, again := fp.digest("a"), fp.digest("a"); first != again {
+	if first, again := fp.Sum("a"), fp.Sum("a"); first != again {
 		t.Error("digest is not stable")
 	}
-	if newFingerprinter().digest("a") == fp.digest("a") {
+	if state.NewDigester(nil).Sum("a") == fp.Sum("a") {
 		t.Error("two processes share a key")
 	}
 }

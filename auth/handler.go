@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/imapgate/imapgate/auth/http1"
+	"github.com/imapgate/imapgate/auth/state"
 	"github.com/imapgate/imapgate/backend"
 	"github.com/imapgate/imapgate/imapcheck"
 	"golang.org/x/sync/singleflight"
@@ -70,9 +71,18 @@ type Handler struct {
 	CacheSize int
 	// Limits bounds password guessing; nil means no limits.
 	Limits *Limits
+	// State keeps the guessing counts for Limits (a store shared by
+	// several imapgates); nil means a state.Memory of the handler's own.
+	State state.Store
 	// MaxChecks bounds the checks in flight on each backend; more wait
 	// for a slot, until their deadline. 0 means no bound.
 	MaxChecks int
+	// MaxChecksPerNetwork bounds the checks in flight on each backend for
+	// clients of one network (state.NetworkOf), so that one network's
+	// guesses, however slowly the backend answers them, leave the other
+	// slots to everyone else. Trusted networks are not bound. 0 means no
+	// bound but MaxChecks.
+	MaxChecksPerNetwork int
 	// Metrics, when set, records what the handler does.
 	Metrics *Metrics
 	// Health, when set, says which backends answer their probes; a login
@@ -83,7 +93,7 @@ type Handler struct {
 	AllowFrom []netip.Prefix
 
 	once    sync.Once
-	fp      *fingerprinter
+	fp      *state.Digester
 	cache   *loginCache
 	limiter *limiter
 	slots   *checkSlots
@@ -97,16 +107,20 @@ const DefaultCacheSize = 100_000
 
 // init builds the handler's state from its settings, once.
 func (h *Handler) init() {
-	h.fp = newFingerprinter()
+	h.fp = state.NewDigester(nil)
 	size := h.CacheSize
 	if size <= 0 {
 		size = DefaultCacheSize
 	}
 	h.cache = newLoginCache(h.CacheTTL, size)
 	if h.Limits != nil {
-		h.limiter = newLimiter(*h.Limits)
+		store := h.State
+		if store == nil {
+			store = state.NewMemory(h.Limits.Limits)
+		}
+		h.limiter = &limiter{store: store, trusted: h.Limits.Trusted}
 	}
-	h.slots = &checkSlots{perBackend: h.MaxChecks, slots: make(map[string]chan struct{})}
+	h.slots = newCheckSlots(h.MaxChecks, h.MaxChecksPerNetwork)
 }
 
 // Serve answers one auth_http request. It always answers with an

@@ -3,11 +3,11 @@ package auth
 import (
 	"context"
 	"crypto/sha256"
-	"encoding/binary"
 	"errors"
 	"fmt"
-	"strings"
+	"net/netip"
 
+	"github.com/imapgate/imapgate/auth/state"
 	"github.com/imapgate/imapgate/backend"
 	"github.com/imapgate/imapgate/imapcheck"
 )
@@ -41,15 +41,17 @@ func (h *Handler) relay(ctx context.Context, req Request) Verdict {
 // attempt is a cleartext login on its way through the pipeline.
 type attempt struct {
 	req Request
-	// limitUser is the user as the limits count it: case folded like the
-	// selectors and Dovecot do, so that "Alice" and "alice" share one
-	// budget.
+	// limitUser is the user as the limits count it (limitUser), network
+	// the client's network as they see it.
 	limitUser string
-	// sum is a keyed digest of user and password; it serves the limits,
-	// the cache and the coalescing, so the password itself is kept
-	// nowhere. fingerprint is its first 8 bytes.
-	sum         [sha256.Size]byte
-	fingerprint uint64
+	network   netip.Prefix
+	// sum is a keyed digest of user and password; it serves the cache and
+	// the coalescing, so the password itself is kept nowhere.
+	sum [sha256.Size]byte
+	// fingerprint is the limits' store's digest of user and password,
+	// made on first use (fingerprinted).
+	fingerprint   uint64
+	fingerprinted bool
 }
 
 // target is where an attempt is checked and where nginx goes after.
@@ -65,41 +67,48 @@ type target struct {
 
 // login verifies a cleartext login: guard (the guessing limits), route
 // (the user's backend, and whether it can be asked), verify (the cache, or
-// a real login on the backend) and conclude (what the result means for
-// the client, the cache and the limits).
+// a real login on the backend once the limits admit it) and conclude
+// (what the result means for the client, the cache and the limits).
 func (h *Handler) login(ctx context.Context, req Request) Verdict {
 	if req.User == "" || req.Password == "" {
 		return Verdict{Outcome: OutcomeRejected, Reason: ReasonEmptyCredentials}
 	}
-	a := attempt{req: req, limitUser: strings.ToLower(req.User)}
-	a.sum = h.fp.digest(a.limitUser, req.Password)
-	a.fingerprint = binary.BigEndian.Uint64(a.sum[:8])
-	if v, blocked := h.guard(a); blocked {
+	a := &attempt{req: req, limitUser: limitUser(h.fp, req.User), network: state.NetworkOf(req.ClientIP)}
+	a.sum = h.fp.Sum(a.limitUser, req.Password)
+	if v, blocked := h.guard(ctx, a); blocked {
 		return v
 	}
-	defer h.limiter.end(a.limitUser, req.ClientIP, a.fingerprint)
 	t, v, ok := h.route(ctx, a)
 	if !ok {
 		return v
 	}
-	return h.conclude(ctx, a, t, h.verify(ctx, a, t))
+	res := h.verify(ctx, a, t)
+	if res.admitted {
+		// After conclude has counted the result, so that the count never
+		// dips between the two.
+		defer h.limiter.end(ctx, a)
+	}
+	return h.conclude(ctx, a, t, res)
 }
 
-// guard refuses, without asking the backend, an attempt the guessing
-// limits do not allow; one they allow counts as in flight until the
-// caller calls end.
-func (h *Handler) guard(a attempt) (Verdict, bool) {
-	blocked, limit, why := h.limiter.begin(a.limitUser, a.req.ClientIP, a.fingerprint)
-	if !blocked {
-		return Verdict{}, false
+// guard refuses, without asking the backend, an attempt whose user or
+// network the guessing limits have blocked.
+func (h *Handler) guard(ctx context.Context, a *attempt) (Verdict, bool) {
+	if k := h.limiter.blocked(ctx, a); k != 0 {
+		return h.throttled(k), true
 	}
-	h.Metrics.throttle(limit)
-	return Verdict{Outcome: OutcomeThrottled, Reason: why, Limit: limit}, true
+	return Verdict{}, false
+}
+
+// throttled is the verdict on an attempt the count of kind k refused.
+func (h *Handler) throttled(k state.Kind) Verdict {
+	h.Metrics.throttle(limitNames[k])
+	return Verdict{Outcome: OutcomeThrottled, Reason: limitReasons[k], Limit: limitNames[k]}
 }
 
 // route finds the attempt's backend and the address to check it on, and
 // answers at once when it cannot be checked there.
-func (h *Handler) route(ctx context.Context, a attempt) (target, Verdict, bool) {
+func (h *Handler) route(ctx context.Context, a *attempt) (target, Verdict, bool) {
 	var trace backend.Trace
 	r, err := h.Routes.Route(backend.WithTrace(ctx, &trace), a.req.User)
 	if err != nil {
@@ -110,7 +119,7 @@ func (h *Handler) route(ctx context.Context, a attempt) (target, Verdict, bool) 
 	if r.Backend == nil {
 		// Answered exactly like a wrong password, so that nobody can learn
 		// which users exist, and counted like one.
-		return target{}, h.failed(a, Verdict{Reason: ReasonNoBackend}), false
+		return target{}, h.failed(ctx, a, Verdict{Reason: ReasonNoBackend}), false
 	}
 	t := target{backend: r.Backend, rule: r.Rule, proto: h.checkProtocol(a.req.Protocol)}
 	if len(trace.Stale) > 0 {
@@ -140,7 +149,7 @@ func (h *Handler) route(ctx context.Context, a attempt) (target, Verdict, bool) 
 		// protocols either; it is the client's input, not the backend's
 		// fault, so it is answered like a wrong password and counted.
 		v.Reason, v.Cause = ReasonUncarriable, err
-		return t, h.failed(a, v), false
+		return t, h.failed(ctx, a, v), false
 	}
 	return t, Verdict{}, true
 }
@@ -160,18 +169,30 @@ func (h *Handler) checkProtocol(proto imapcheck.Protocol) imapcheck.Protocol {
 
 // conclude turns a check's result into the verdict, and teaches the cache
 // and the limits what it means.
-func (h *Handler) conclude(ctx context.Context, a attempt, t target, res checkResult) Verdict {
+func (h *Handler) conclude(ctx context.Context, a *attempt, t target, res checkResult) Verdict {
+	if res.refused != 0 {
+		v := h.throttled(res.refused)
+		v.Backend, v.Rule, v.Stale = t.backend.Name, t.rule, t.stale
+		return v
+	}
 	v := Verdict{Backend: t.backend.Name, Rule: t.rule, Stale: t.stale, Cause: res.err, Cached: res.cached, Coalesced: res.coalesced}
 	switch res.outcome {
 	case imapcheck.OK:
 		h.cache.store(t.cacheKey(a), a.sum)
-		h.limiter.success(a.limitUser, a.req.ClientIP)
+		h.limiter.success(ctx, a)
 		v.Outcome = OutcomeOK
 		return h.sendTo(ctx, a.req, t.backend, v)
 	case imapcheck.Rejected:
 		h.cache.forget(t.cacheKey(a))
-		v.Reason = ReasonBackendRefused
-		return h.failed(a, v)
+		v.Reason, v.Held = ReasonBackendRefused, res.took
+		return h.failed(ctx, a, v)
+	case imapcheck.Delayed:
+		// An attempt whose answer the backend withheld (its penalty on
+		// this client): it counts like a wrong password, or a guesser
+		// whom the backend slows would never reach the limits.
+		v.Outcome, v.Reason = OutcomeDelayed, ReasonDelayed
+		v.Tried = h.limiter.failure(ctx, a)
+		return v
 	case imapcheck.Unsupported:
 		// The backend offers no way to check this login (plaintext logins
 		// disabled without TLS, say): the operator's to fix.
@@ -190,9 +211,9 @@ func (h *Handler) conclude(ctx context.Context, a attempt, t target, res checkRe
 
 // failed refuses a login as a wrong password and counts it against the
 // limits.
-func (h *Handler) failed(a attempt, v Verdict) Verdict {
+func (h *Handler) failed(ctx context.Context, a *attempt, v Verdict) Verdict {
 	v.Outcome = OutcomeRejected
-	v.Tried = h.limiter.failure(a.limitUser, a.req.ClientIP, a.fingerprint)
+	v.Tried = h.limiter.failure(ctx, a)
 	return v
 }
 

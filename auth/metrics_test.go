@@ -1,6 +1,8 @@
 package auth
 
 import (
+	"github.com/imapgate/imapgate/auth/state"
+
 	"bytes"
 	"strings"
 	"testing"
@@ -19,7 +21,7 @@ func TestMetrics(t *testing.T) {
 	h := newTestHandler(t, v, &log)
 	h.Metrics = NewMetrics(reg)
 	h.CacheTTL = time.Minute
-	limits := Limits{PerPair: 1, Window: time.Minute}
+	limits := Limits{Limits: state.Limits{PerPair: 1, Window: time.Minute}}
 	h.Limits = &limits
 
 	serve(t, h, nginxHeader())                        // miss, check ok

@@ -38,6 +38,11 @@ const (
 	// OutcomeForbidden: a request from outside IMAPGATE_ALLOW_FROM or
 	// without the shared secret.
 	OutcomeForbidden
+	// OutcomeDelayed: the backend greeted and took the login, then held
+	// its answer past the deadline (its auth penalty on this client, a
+	// tarpit). Answered like OutcomeTemporary, but an attempt, not an
+	// outage: the limits count it like a wrong password.
+	OutcomeDelayed
 )
 
 var outcomeNames = [...]string{
@@ -49,6 +54,7 @@ var outcomeNames = [...]string{
 	OutcomeRefused:     "refused",
 	OutcomeMalformed:   "malformed",
 	OutcomeForbidden:   "forbidden",
+	OutcomeDelayed:     "delayed",
 }
 
 // String returns the outcome's name as the log and the metrics write it.
@@ -89,6 +95,7 @@ const (
 	ReasonTooManyForPair     Reason = "too many wrong passwords for this user from this network"
 	ReasonTooManyForUser     Reason = "too many wrong passwords for this user"
 	ReasonTooManyFromNetwork Reason = "too many wrong passwords from this network"
+	ReasonDelayed            Reason = "backend held the answer past the deadline (its auth penalty on this client, or a tarpit)"
 )
 
 // loud reports whether the reason is the operator's to fix (a
@@ -118,6 +125,9 @@ type Verdict struct {
 	// passwords this network has tried for the user (Auth-Wait grows
 	// with it).
 	Tried int
+	// Held is how long the backend took to refuse the password: time the
+	// client has waited already, which Auth-Wait need not add again.
+	Held time.Duration
 	// Limit is the limit that throttled a login: pair, user or network.
 	Limit string
 	// Cached says the answer came from the verified-login cache;
@@ -192,13 +202,16 @@ func (v Verdict) answer(req Request) answer {
 	case v.Outcome == OutcomeOK:
 		return answer{code: http.StatusOK, status: StatusOK, server: v.Server, port: v.Port}
 	case v.Outcome == OutcomeRejected:
-		a.status, a.smtp, a.wait = StatusInvalid, SMTPInvalid, rejectedWait(req.Attempt, v.Tried)
+		a.status, a.smtp, a.wait = StatusInvalid, SMTPInvalid, rejectedWait(req.Attempt, v.Tried, v.Held)
 	case v.Outcome == OutcomeThrottled:
-		// A throttled guesser gets the longest Auth-Wait.
-		a.status, a.smtp, a.wait = StatusInvalid, SMTPInvalid, rejectedWait(req.Attempt, maxAttemptsWithWait)
+		// No Auth-Wait: nginx closes the session at once. Nothing tried in
+		// it could pass before the window ends, and a session held open
+		// costs nginx memory; a guesser who reconnects costs one answer
+		// that asks no backend.
+		a.status, a.smtp = StatusInvalid, SMTPInvalid
 	case v.Outcome == OutcomeUnsupported && v.Reason == ReasonMethod:
 		a.status, a.smtp = StatusMethod, SMTPMethod
-	case v.Outcome == OutcomeTemporary, v.Outcome == OutcomeUnsupported:
+	case v.Outcome == OutcomeTemporary, v.Outcome == OutcomeUnsupported, v.Outcome == OutcomeDelayed:
 		// A backend that cannot verify the login is not the user's wrong
 		// password, so it is not reported as one.
 		a.status, a.smtp, a.wait = StatusTemporary, SMTPTemporary, temporaryWait(req.Attempt)
@@ -241,14 +254,17 @@ func (a answer) write(w *http1.ResponseWriter) {
 // rejectedWait is the Auth-Wait after a refused password: it grows with
 // each attempt in the session, or with the distinct wrong passwords the
 // network has tried for the user, whichever is more, which slows a
-// guesser without tying up a mail server process; and it stops once the
-// client has had maxAttemptsWithWait tries, so that nginx closes the
-// session.
-func rejectedWait(attempt, tried int) int {
+// guesser without tying up a mail server process; less the time the
+// backend held the answer (Dovecot's penalty on a guesser already slows
+// it, and a user who mistyped need not wait twice), but at least a second
+// so that the session goes on; and it stops once the client has had
+// maxAttemptsWithWait tries, so that nginx closes the session.
+func rejectedWait(attempt, tried int, held time.Duration) int {
 	if attempt >= maxAttemptsWithWait {
 		return 0
 	}
-	return min(max(attempt, tried)*rejectedWaitPerTry, maxRejectedWait)
+	wait := min(max(attempt, tried)*rejectedWaitPerTry, maxRejectedWait)
+	return max(wait-int(held/time.Second), 1)
 }
 
 // temporaryWait is the Auth-Wait after a backend problem: a short pause,
@@ -266,7 +282,8 @@ func (v Verdict) level() slog.Level {
 	switch {
 	case v.Reason.loud():
 		return slog.LevelError
-	case v.Outcome != OutcomeOK && v.Outcome != OutcomeRejected:
+	case v.Outcome != OutcomeOK && v.Outcome != OutcomeRejected && v.Outcome != OutcomeDelayed:
+		// A delayed check is a client's attempt, like a wrong password.
 		return slog.LevelWarn
 	}
 	return slog.LevelInfo

@@ -55,6 +55,7 @@ func (s *session) imap(ctx context.Context, greeting string) *Error {
 		return &Error{Outcome: Temporary, Err: errors.New("could not read the server's capabilities")}
 	}
 	var e *Error
+	s.sentCredentials = true
 	switch {
 	case !caps.Has(imap.CapLoginDisabled):
 		e = imapFailure("LOGIN", c.Login(s.req.User, s.req.Password).Wait())

@@ -31,6 +31,11 @@ const (
 	// example the server offers no login method imapgate can use, or the
 	// credentials contain bytes the protocol cannot carry.
 	Unsupported
+	// Delayed means the server greeted and was sent the credentials, then
+	// held its answer past the deadline: Dovecot's auth penalty on the
+	// client's address, or a tarpit. The server is up (it answers others);
+	// this is a verdict withheld on one attempt, not an outage.
+	Delayed
 )
 
 // String returns the outcome's name as it appears in logs.
@@ -44,6 +49,8 @@ func (o Outcome) String() string {
 		return "temporary"
 	case Unsupported:
 		return "unsupported"
+	case Delayed:
+		return "delayed"
 	}
 	return "unknown"
 }

@@ -41,6 +41,7 @@ func (s *session) pop3(ctx context.Context, greeting string) *Error {
 			// offered it.
 		}
 	}
+	s.sentCredentials = true
 	e := c.login(caps, s.req.User, s.req.Password)
 	if e == nil || e.Outcome != Temporary {
 		// Say goodbye (RFC 1939 section 6) without waiting for the

@@ -13,8 +13,12 @@ import (
 	"time"
 )
 
-// DefaultTimeout bounds one check when Verifier.Timeout is zero.
-const DefaultTimeout = 10 * time.Second
+// DefaultTimeout bounds one check when Verifier.Timeout is zero. Dovecot's
+// auth penalty holds a login's answer up to 15 s (AUTH_PENALTY_MAX_SECS);
+// 20 s lets such a check end with the backend's real answer, and a whole
+// decision (this and a little more) stays well inside nginx's
+// auth_http_timeout of 60 s.
+const DefaultTimeout = 20 * time.Second
 
 // Verifier checks credentials by logging in to the user's mail server.
 //
@@ -161,9 +165,22 @@ func (v *Verifier) login(ctx context.Context, req Request, raw net.Conn, tr *tra
 		return e
 	}
 	if req.Protocol == IMAP {
-		return s.imap(ctx, greeting)
+		e = s.imap(ctx, greeting)
+	} else {
+		e = s.pop3(ctx, greeting)
 	}
-	return s.pop3(ctx, greeting)
+	return s.delayed(ctx, e)
+}
+
+// delayed turns a timeout that came after the credentials were sent into
+// Delayed: the server greeted and took the login, then held its answer.
+// A cancelled check (the client gave up) stays Temporary.
+func (s *session) delayed(ctx context.Context, e *Error) *Error {
+	if e != nil && e.Outcome == Temporary && s.sentCredentials &&
+		(errors.Is(ctx.Err(), context.DeadlineExceeded) || errors.Is(e.Err, os.ErrDeadlineExceeded)) {
+		e.Outcome = Delayed
+	}
+	return e
 }
 
 // alpn is the ALPN protocol (RFC 7301) offered with implicit TLS.
@@ -178,6 +195,8 @@ type session struct {
 	tr   *transcript
 	conn net.Conn
 	r    *bufio.Reader
+	// sentCredentials is set once the login command is about to go out.
+	sentCredentials bool
 }
 
 // use makes the session speak over conn, as the transcript sees it.
@@ -240,7 +259,7 @@ func Carries(proto Protocol, user, password string) error {
 // cancelled ctx says so, since the error seen on the wire is then only a
 // closed connection, and the password is scrubbed from every text.
 func (v *Verifier) fail(ctx context.Context, req Request, e *Error) *Error {
-	if e.Outcome == Temporary && e.Err != nil {
+	if (e.Outcome == Temporary || e.Outcome == Delayed) && e.Err != nil {
 		if cause := context.Cause(ctx); cause != nil {
 			e.Err = fmt.Errorf("%w: %w", cause, e.Err)
 		} else if errors.Is(e.Err, os.ErrDeadlineExceeded) {

@@ -139,23 +139,11 @@ func pop3Login(ctx context.Context, d *net.Dialer, addr, user, pass string, auth
 func smtpSend(ctx context.Context, d *net.Dialer, addr, user, pass, from, to, token string) error {
 	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
-	conn, err := d.DialContext(ctx, "tcp", addr)
+	c, err := smtpAuthenticated(ctx, d, addr, user, pass)
 	if err != nil {
-		return err
-	}
-	if dl, ok := ctx.Deadline(); ok {
-		conn.SetDeadline(dl)
-	}
-	// "localhost": net/smtp only sends PLAIN in the clear to a local server.
-	c, err := smtp.NewClient(conn, "localhost")
-	if err != nil {
-		conn.Close()
 		return err
 	}
 	defer c.Close()
-	if err := c.Auth(smtp.PlainAuth("", user, pass, "localhost")); err != nil {
-		return err
-	}
 	if err := c.Mail(from); err != nil {
 		return err
 	}
@@ -171,4 +159,27 @@ func smtpSend(ctx context.Context, d *net.Dialer, addr, user, pass, from, to, to
 		return err
 	}
 	return c.Quit()
+}
+
+// smtpAuthenticated connects to addr and authenticates with AUTH PLAIN
+// (net/smtp), within ctx; the error carries the server's reply.
+func smtpAuthenticated(ctx context.Context, d *net.Dialer, addr, user, pass string) (*smtp.Client, error) {
+	conn, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		conn.SetDeadline(dl)
+	}
+	// "localhost": net/smtp only sends PLAIN in the clear to a local server.
+	c, err := smtp.NewClient(conn, "localhost")
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+	if err := c.Auth(smtp.PlainAuth("", user, pass, "localhost")); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return c, nil
 }

@@ -1,7 +1,8 @@
 #!/bin/sh
 # install-deps.sh installs, from Debian's packages, what the integration
 # tests and `make demo` need and the machine lacks: Dovecot (IMAP, POP3),
-# nginx with its mail module, debootstrap (to build the Dovecot test image
+# nginx with its mail module, redis-server (the shared-state scenarios),
+# debootstrap (to build the Dovecot test image
 # when a Docker engine is present) and, where there is Docker,
 # docker-compose. Idempotent: it checks each command and package first and
 # touches apt only for what is missing. Run as root.
@@ -32,6 +33,7 @@ need fail2ban "command -v fail2ban-regex"
 need wrk "command -v wrk"
 # make bench runs the PHP seed (auth.php on php-fpm) beside imapgate.
 need php-fpm "command -v php-fpm8.2"
+need redis-server "command -v redis-server"
 need ca-certificates "test -e /etc/ssl/certs/ca-certificates.crt"
 # The routing scenarios' directories, run as processes on their own
 # directories (never the system services), and nginx's stream module for
@@ -86,7 +88,7 @@ DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $missi
 
 # Packages whose postinst ignored policy-rc.d (or a machine where services
 # start anyway): make sure nothing the tests need is held by a system daemon.
-for svc in dovecot nginx mariadb postgresql slapd; do
+for svc in dovecot nginx mariadb postgresql slapd redis-server; do
 	if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$svc" 2>/dev/null; then
 		log "stopping the system $svc service (it would hold the test ports)"
 		systemctl stop "$svc" || true

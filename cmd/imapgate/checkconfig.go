@@ -14,8 +14,10 @@ import (
 	"strings"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/sethvargo/go-envconfig"
 
+	"github.com/imapgate/imapgate/auth/state"
 	"github.com/imapgate/imapgate/backend"
 	"github.com/imapgate/imapgate/imapcheck"
 )
@@ -33,13 +35,13 @@ const checkTimeout = 10 * time.Second
 type liveCheck func(ctx context.Context, s *settings) []error
 
 // liveChecks run in this order, after validation. A server imapgate
-// talks to gets its line here, as the setting that names it, e.g. a
-// state store: reachable("STATE_URL", "the state store", pingStore).
+// talks to gets its line here, as the setting that names it.
 var liveChecks = []liveCheck{
 	checkListenAddresses,
 	checkBackendHosts,
 	reachable("SQL_URL", "the SQL directory", pingDirectory(backend.RuleSQL)),
 	reachable("LDAP_URL", "the LDAP directory", pingDirectory(backend.RuleLDAP)),
+	reachable("STATE_URL", "the state store", pingStore),
 }
 
 // runCheckConfig is -check-config: the settings are read through lookuper
@@ -282,4 +284,21 @@ func pingDirectory(rule string) func(ctx context.Context, s *settings) error {
 		}
 		return nil
 	}
+}
+
+// pingStore asks the shared state store (IMAPGATE_STATE_URL) for a PING.
+// A store that does not answer is not a reason not to start (imapgate
+// keeps its limits in the process meanwhile), but an operator checking
+// the configuration wants to know.
+func pingStore(ctx context.Context, s *settings) error {
+	if s.StateURL == "" {
+		return nil
+	}
+	opts, err := state.ParseRedisURL(s.StateURL)
+	if err != nil {
+		return err // validate reported it already; not reached
+	}
+	c := redis.NewClient(opts)
+	defer c.Close()
+	return c.Ping(ctx).Err()
 }

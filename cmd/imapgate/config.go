@@ -14,6 +14,7 @@ import (
 	"github.com/sethvargo/go-envconfig"
 
 	"github.com/imapgate/imapgate/auth"
+	"github.com/imapgate/imapgate/auth/state"
 	"github.com/imapgate/imapgate/backend"
 	"github.com/imapgate/imapgate/imapcheck"
 )
@@ -64,13 +65,17 @@ type config struct {
 	SharedSecret     string        `env:"SHARED_SECRET"`
 	AllowFrom        networks      `env:"ALLOW_FROM"`
 	MaxChecks        int           `env:"MAX_CHECKS"`
+	MaxChecksPerNet  int           `env:"MAX_CHECKS_PER_NETWORK"`
 	CacheTTL         time.Duration `env:"CACHE_TTL"`
 	CacheSize        int           `env:"CACHE_SIZE"`
 	LimitPair        int           `env:"LIMIT_PAIR"`
 	LimitUser        int           `env:"LIMIT_USER"`
 	LimitNetwork     int           `env:"LIMIT_NETWORK"`
 	LimitWindow      time.Duration `env:"LIMIT_WINDOW"`
+	LimitMaxTracked  int           `env:"LIMIT_MAX_TRACKED"`
 	TrustedNetworks  networks      `env:"TRUSTED_NETWORKS"`
+	StateURL         string        `env:"STATE_URL"`
+	StateTimeout     time.Duration `env:"STATE_TIMEOUT"`
 	MetricsListen    string        `env:"METRICS_LISTEN"`
 	ProbeInterval    time.Duration `env:"PROBE_INTERVAL"`
 	LogFormat        string        `env:"LOG_FORMAT"`
@@ -105,23 +110,28 @@ func defaultConfig() config {
 		SMTPVerify:       string(imapcheck.IMAP),
 		ForwardClientIP:  true,
 		MaxChecks:        32,
-		CacheTTL:         5 * time.Minute,
-		CacheSize:        auth.DefaultCacheSize,
-		LimitPair:        limits.PerPair,
-		LimitUser:        limits.PerUser,
-		LimitNetwork:     limits.PerNetwork,
-		LimitWindow:      limits.Window,
-		ProbeInterval:    backend.DefaultProbeInterval,
-		LogFormat:        "text",
-		LogLevel:         "info",
-		HTTPServer:       httpServerBuiltin,
+		// A check costs Dovecot about 10 ms of a core: two at once leave a
+		// two-core backend to everyone else (make bench, -only guessing).
+		MaxChecksPerNet: 2,
+		CacheTTL:        5 * time.Minute,
+		CacheSize:       auth.DefaultCacheSize,
+		LimitPair:       limits.PerPair,
+		LimitUser:       limits.PerUser,
+		LimitNetwork:    limits.PerNetwork,
+		LimitWindow:     limits.Window,
+		LimitMaxTracked: limits.MaxTracked,
+		StateTimeout:    state.DefaultRedisTimeout,
+		ProbeInterval:   backend.DefaultProbeInterval,
+		LogFormat:       "text",
+		LogLevel:        "info",
+		HTTPServer:      httpServerBuiltin,
 	}
 }
 
 // secretSettings are the settings that hold a secret. Each can also be
 // read from a file named by the same variable with _FILE appended (for
 // container secrets), and print-outs of the configuration redact them.
-var secretSettings = []string{"SHARED_SECRET", "SQL_URL", "LDAP_BIND_PASSWORD"}
+var secretSettings = []string{"SHARED_SECRET", "SQL_URL", "LDAP_BIND_PASSWORD", "STATE_URL"}
 
 // networks is a ","-separated list of CIDR prefixes; a bare address is a
 // network of one.

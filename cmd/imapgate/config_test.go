@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"maps"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -90,6 +91,11 @@ func TestConfigErrorsNameTheVariable(t *testing.T) {
 		{"allow from garbled", base("IMAPGATE_ALLOW_FROM", "127.0.0.1/33"), "IMAPGATE_ALLOW_FROM"},
 		{"forward client ip", base("IMAPGATE_FORWARD_CLIENT_IP", "maybe"), "IMAPGATE_FORWARD_CLIENT_IP"},
 		{"probe interval", base("IMAPGATE_PROBE_INTERVAL", "0s"), "IMAPGATE_PROBE_INTERVAL"},
+		{"max checks per network negative", base("IMAPGATE_MAX_CHECKS_PER_NETWORK", "-1"), "IMAPGATE_MAX_CHECKS_PER_NETWORK"},
+		{"max tracked zero", base("IMAPGATE_LIMIT_MAX_TRACKED", "0"), "IMAPGATE_LIMIT_MAX_TRACKED"},
+		{"state url scheme", base("IMAPGATE_STATE_URL", "memcached://h:11211"), "IMAPGATE_STATE_URL"},
+		{"state url garbled", base("IMAPGATE_STATE_URL", "redis://:pw@h:port"), "IMAPGATE_STATE_URL"},
+		{"state timeout zero", base("IMAPGATE_STATE_TIMEOUT", "0s"), "IMAPGATE_STATE_TIMEOUT"},
 		{"log format", base("IMAPGATE_LOG_FORMAT", "xml"), "IMAPGATE_LOG_FORMAT"},
 		{"log level", base("IMAPGATE_LOG_LEVEL", "loud"), "IMAPGATE_LOG_LEVEL"},
 	}
@@ -127,7 +133,7 @@ func TestConfigDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if svc.cfg.Listen != "127.0.0.1:9180" || svc.cfg.VerifyTLS != "none" || svc.cfg.VerifyTimeout.String() != "10s" {
+	if svc.cfg.Listen != "127.0.0.1:9180" || svc.cfg.VerifyTLS != "none" || svc.cfg.VerifyTimeout.String() != "20s" || svc.handler.MaxChecksPerNetwork != 2 || svc.handler.Limits.MaxTracked != 100_000 {
 		t.Errorf("defaults: %+v", svc.cfg)
 	}
 	for user, want := range map[string]string{"alice": "mailhost01", "george": "mailhost01", "bob": "mailhost02"} {
@@ -214,5 +220,32 @@ func TestSecretFromFile(t *testing.T) {
 		if err != nil && (strings.Contains(err.Error(), "s3cr3t") || strings.Contains(err.Error(), "inline")) {
 			t.Errorf("error %q shows the secret", err)
 		}
+	}
+}
+
+// The store's URL holds a password: its _FILE form works, and no error
+// about it repeats the password.
+func TestStateURLSecret(t *testing.T) {
+	base := map[string]string{"IMAPGATE_BACKENDS": "m=127.0.0.2", "IMAPGATE_DEFAULT_BACKEND": "m"}
+	with := func(k, v string) map[string]string {
+		env := maps.Clone(base)
+		env[k] = v
+		return env
+	}
+	_, err := build(with("IMAPGATE_STATE_URL", "redis://:hunter2-state@127.0.0.1:notaport/0"))
+	if err == nil || strings.Contains(err.Error(), "hunter2-state") {
+		t.Errorf("error %v: want one without the password", err)
+	}
+	path := filepath.Join(t.TempDir(), "state-url")
+	if err := os.WriteFile(path, []byte("redis://:hunter2-state@127.0.0.1:1/0\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	svc, err := build(with("IMAPGATE_STATE_URL_FILE", path))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer svc.state.Close()
+	if svc.state == nil || svc.state.Shared() {
+		t.Errorf("a store nobody listens for: %v", svc.state)
 	}
 }

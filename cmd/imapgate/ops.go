@@ -30,12 +30,18 @@ func (s *service) opsHandler() http.Handler {
 	})
 	mux.HandleFunc(pathReadyz, func(w http.ResponseWriter, r *http.Request) {
 		ready, missing := s.ready()
+		// A store that cannot be reached leaves imapgate ready (it decides
+		// on its own state), but says so.
+		degraded := ""
+		if s.state != nil && !s.state.Shared() {
+			degraded = " (degraded: state store unreachable, guessing limits kept in this process)"
+		}
 		if !ready {
 			w.WriteHeader(http.StatusServiceUnavailable)
-			fmt.Fprintf(w, "not ready: %s\n", strings.Join(missing, "; "))
+			fmt.Fprintf(w, "not ready: %s%s\n", strings.Join(missing, "; "), degraded)
 			return
 		}
-		fmt.Fprintln(w, "ready")
+		fmt.Fprintf(w, "ready%s\n", degraded)
 	})
 	return mux
 }

@@ -120,6 +120,9 @@ func (s *service) serve(ctx context.Context, ln, opsLn net.Listener) error {
 			err = fmt.Errorf("shutdown: %w", serr)
 		}
 	}
+	if s.state != nil {
+		s.state.Close()
+	}
 	if err != nil && !errors.Is(err, http.ErrServerClosed) {
 		return err
 	}

@@ -8,11 +8,13 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/sethvargo/go-envconfig"
 
 	"github.com/imapgate/imapgate/auth"
+	"github.com/imapgate/imapgate/auth/state"
 	"github.com/imapgate/imapgate/backend"
 	"github.com/imapgate/imapgate/imapcheck"
 )
@@ -67,10 +69,14 @@ var settingChecks = []settingCheck{
 	positive("CACHE_SIZE", func(c config) int64 { return int64(c.CacheSize) }, ""),
 	notNegative("CACHE_TTL", func(c config) int64 { return int64(c.CacheTTL) }, " (0 turns the cache off)"),
 	notNegative("MAX_CHECKS", func(c config) int64 { return int64(c.MaxChecks) }, " (0 = no bound)"),
+	notNegative("MAX_CHECKS_PER_NETWORK", func(c config) int64 { return int64(c.MaxChecksPerNet) }, " (0 = no bound but IMAPGATE_MAX_CHECKS)"),
 	notNegative("LIMIT_PAIR", func(c config) int64 { return int64(c.LimitPair) }, " (0 turns this limit off)"),
 	notNegative("LIMIT_USER", func(c config) int64 { return int64(c.LimitUser) }, " (0 turns this limit off)"),
 	notNegative("LIMIT_NETWORK", func(c config) int64 { return int64(c.LimitNetwork) }, " (0 turns this limit off)"),
 	positive("LIMIT_WINDOW", func(c config) int64 { return int64(c.LimitWindow) }, ""),
+	positive("LIMIT_MAX_TRACKED", func(c config) int64 { return int64(c.LimitMaxTracked) }, ""),
+	checkStateURL,
+	positive("STATE_TIMEOUT", func(c config) int64 { return int64(c.StateTimeout) }, ""),
 	positive("PROBE_INTERVAL", func(c config) int64 { return int64(c.ProbeInterval) }, ""),
 	checkHTTPServer,
 }
@@ -129,7 +135,7 @@ func validate(c config, logOut io.Writer) (*settings, error) {
 	}
 	s.limits = auth.DefaultLimits
 	s.limits.PerPair, s.limits.PerUser, s.limits.PerNetwork = c.LimitPair, c.LimitUser, c.LimitNetwork
-	s.limits.Window = c.LimitWindow
+	s.limits.Window, s.limits.MaxTracked = c.LimitWindow, c.LimitMaxTracked
 	s.limits.Trusted = c.TrustedNetworks
 	return s, nil
 }
@@ -384,6 +390,21 @@ func checkSMTP(c config, s *settings) error {
 		s.relay = relay
 	}
 	return errors.Join(errs...)
+}
+
+// checkStateURL checks the shared store's URL; its errors never hold the
+// URL's password.
+func checkStateURL(c config, _ *settings) error {
+	if c.StateURL == "" {
+		return nil
+	}
+	if !strings.HasPrefix(c.StateURL, "redis://") && !strings.HasPrefix(c.StateURL, "rediss://") {
+		return settingError("STATE_URL", "want a redis:// or rediss:// URL (Redis or Valkey)")
+	}
+	if _, err := state.ParseRedisURL(c.StateURL); err != nil {
+		return settingError("STATE_URL", "%v", err)
+	}
+	return nil
 }
 
 // The HTTP servers IMAPGATE_HTTP_SERVER chooses from.

@@ -9,6 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/imapgate/imapgate/auth"
+	"github.com/imapgate/imapgate/auth/state"
 	"github.com/imapgate/imapgate/backend"
 	"github.com/imapgate/imapgate/imapcheck"
 )
@@ -24,6 +25,11 @@ type service struct {
 	// the background and part of readiness.
 	directories []*backend.Directory
 	registry    *prometheus.Registry
+	// store keeps the guessing limits' state (the admin endpoints list and
+	// lift records through it); state is the same when it is shared
+	// through IMAPGATE_STATE_URL, nil otherwise.
+	store state.Store
+	state *state.Redis
 	// logFlusher, when set, runs beside the server and flushes the log
 	// buffer until its context ends.
 	logFlusher func(context.Context)
@@ -49,17 +55,19 @@ func newService(s *settings) *service {
 			// client's, it slows the guesser, not every user.
 			ForwardClientIP: s.ForwardClientIP,
 		},
-		Resolver:     &backend.Resolver{},
-		SMTPVerify:   s.smtpVerify,
-		SMTPRelay:    s.relay,
-		SharedSecret: s.SharedSecret,
-		AllowFrom:    s.AllowFrom,
-		MaxChecks:    s.MaxChecks,
-		CacheTTL:     s.CacheTTL,
-		CacheSize:    s.CacheSize,
-		Limits:       &s.limits,
-		Metrics:      metrics,
-		Health:       svc.health,
+		Resolver:            &backend.Resolver{},
+		SMTPVerify:          s.smtpVerify,
+		SMTPRelay:           s.relay,
+		SharedSecret:        s.SharedSecret,
+		AllowFrom:           s.AllowFrom,
+		MaxChecks:           s.MaxChecks,
+		MaxChecksPerNetwork: s.MaxChecksPerNet,
+		CacheTTL:            s.CacheTTL,
+		CacheSize:           s.CacheSize,
+		Limits:              &s.limits,
+		State:               svc.newState(s),
+		Metrics:             metrics,
+		Health:              svc.health,
 		// The check has VerifyTimeout; resolving the backend's name for
 		// nginx gets a little more.
 		Timeout: s.VerifyTimeout + 2*time.Second,
@@ -80,6 +88,45 @@ func directoryChanged(logger *slog.Logger, metrics *auth.Metrics) func(name stri
 			logger.Warn("directory down", "directory", name, "err", err)
 		}
 	}
+}
+
+// newState connects the shared store of IMAPGATE_STATE_URL, which logs
+// and counts each change between shared and local state; without it, the
+// state is kept in the process.
+func (svc *service) newState(s *settings) state.Store {
+	if s.StateURL == "" {
+		svc.store = state.NewMemory(s.limits.Limits)
+		return svc.store
+	}
+	shared := prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "imapgate_state_shared",
+		Help: "1 while the guessing limits are shared through IMAPGATE_STATE_URL, 0 while the store cannot be reached and they are kept in this process.",
+	})
+	fallbacks := prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "imapgate_state_fallbacks_total",
+		Help: "Times the shared store could not be reached and the guessing limits fell back to this process.",
+	})
+	svc.registry.MustRegister(shared, fallbacks)
+	logger := s.logger
+	st, err := state.NewRedis(state.RedisConfig{URL: s.StateURL, Limits: s.limits.Limits, Timeout: s.StateTimeout,
+		OnChange: func(ok bool, err error) {
+			if ok {
+				shared.Set(1)
+				logger.Info("state store reachable: guessing limits shared")
+				return
+			}
+			shared.Set(0)
+			fallbacks.Inc()
+			logger.Warn("state store unreachable: guessing limits kept in this process until it answers", "err", err)
+		}})
+	if err != nil {
+		// validate has parsed the URL already.
+		logger.Error("state store: keeping the limits in this process", "err", err)
+		svc.store = state.NewMemory(s.limits.Limits)
+		return svc.store
+	}
+	svc.store, svc.state = st, st
+	return st
 }
 
 // newHealth builds the background probes of every backend, which log and

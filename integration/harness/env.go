@@ -102,16 +102,20 @@ type Env struct {
 	// (Binary) or ImapgateContainer (ImapgateImage, IMAPGATE_IT_IMAPGATE).
 	ImapgateMode string
 
-	image    string
-	pidDir   string
-	lock     *os.File
-	logf     func(string, ...any)
-	mu       sync.Mutex
-	nextIP   int
-	extra    []*Backend
-	keep     bool
-	external bool
-	imgBuild imageBuild
+	image  string
+	pidDir string
+	lock   *os.File
+	logf   func(string, ...any)
+	mu     sync.Mutex
+	nextIP int
+	// nextClient numbers ClientDialer's addresses: a counter of its own,
+	// so that many client logins cannot push the gateways' past 255.
+	nextClient int
+	extra      []*Backend
+	redis      []*Redis
+	keep       bool
+	external   bool
+	imgBuild   imageBuild
 }
 
 // Start prepares a run: takes the run lock, stops what a crashed run left,
@@ -309,6 +313,7 @@ func (e *Env) takeLock(ctx context.Context) error {
 				_ = exec.Command("docker", append([]string{"rm", "-f"}, ids...)...).Run()
 			}
 		}
+		_ = exec.Command("docker", "network", "prune", "-f", "--filter", "label=imapgate-it=1").Run()
 	}
 	old, _ := filepath.Glob(filepath.Join(Root, "run-*"))
 	for _, d := range old {
@@ -491,9 +496,9 @@ func (e *Env) nextGatewayIP() string {
 func (e *Env) ClientDialer() *net.Dialer {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	e.nextIP++
+	e.nextClient++
 	return &net.Dialer{Timeout: 10 * time.Second,
-		LocalAddr: &net.TCPAddr{IP: net.ParseIP(fmt.Sprintf("127.0.2.%d", e.nextIP%250+1))}}
+		LocalAddr: &net.TCPAddr{IP: net.ParseIP(fmt.Sprintf("127.0.2.%d", e.nextClient%250+1))}}
 }
 
 // Close stops everything Start started and removes the run directory
@@ -505,6 +510,9 @@ func (e *Env) Close() error {
 	}
 	for _, b := range e.extra {
 		errs = append(errs, b.Close())
+	}
+	for _, r := range e.redis {
+		errs = append(errs, r.Close())
 	}
 	for _, b := range e.Backends {
 		errs = append(errs, b.Close())

@@ -150,6 +150,10 @@ func (g *Gateway) startImapgate(ctx context.Context) error {
 	g.Imapgate = p
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
+	if lvl := settings["IMAPGATE_LOG_LEVEL"]; lvl == "warn" || lvl == "error" {
+		// No info lines, so no msg=listening: accepting is the sign.
+		return waitAccept(ctx, g.Imapgate, g.AuthAddr)
+	}
 	if _, _, err := p.WaitLine(ctx, 0, func(line string) bool {
 		if rec := ParseLogLine(line); rec != nil {
 			return rec["msg"] == "listening"

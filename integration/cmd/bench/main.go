@@ -70,12 +70,13 @@ type config struct {
 	memConc     int
 	memRounds   int
 	memHold     time.Duration
+	guessEvery  time.Duration
 	only        map[string]bool // figures to measure; empty: all
 	extraEnv    map[string]string
 }
 
 // figures are the parts of the run, in order, as -only names them.
-var figures = []string{"cached", "latency", "e2e", "steady", "memory", "penalty"}
+var figures = []string{"cached", "latency", "e2e", "steady", "memory", "penalty", "guessing", "flood", "shared"}
 
 func (c config) want(figure string) bool { return len(c.only) == 0 || c.only[figure] }
 
@@ -95,6 +96,7 @@ func main() {
 	flag.IntVar(&cfg.memConc, "mem-conc", 1000, "concurrent requests of the memory figure")
 	flag.IntVar(&cfg.memRounds, "mem-rounds", 3, "memory rounds (a fresh imapgate each)")
 	flag.DurationVar(&cfg.memHold, "mem-hold", 300*time.Millisecond, "how long the memory figure holds the checks once all are in flight (longer: time to take a heap profile)")
+	flag.DurationVar(&cfg.guessEvery, "guess-every", 50*time.Millisecond, "pace of each of the guessing figure's 96 concurrent guessers")
 	only := flag.String("only", "", "comma-separated figures to measure: "+strings.Join(figures, ",")+" (default all)")
 	cfg.extraEnv = map[string]string{}
 	flag.Func("env", "KEY=VALUE added to every imapgate's environment (GOGC, GOMEMLIMIT, GODEBUG, IMAPGATE_*); repeatable", func(kv string) error {
@@ -211,6 +213,9 @@ func run(cfg config) (err error) {
 		{"steady", "steady workload", b.steadyWorkload},
 		{"memory", "memory", b.memory},
 		{"penalty", "Dovecot's auth penalty", b.penalty},
+		{"guessing", "guessing under Dovecot's penalty", b.guessing},
+		{"flood", "flood of unrelated wrong logins", b.flood},
+		{"shared", "shared state", b.shared},
 	} {
 		if !cfg.want(f.name) {
 			continue

@@ -57,17 +57,7 @@ func (b *bench) penalty(ctx context.Context, r *report) error {
 			return err
 		}
 		legit := authRequestFrom(ipPenalty, "bob", legitPass, "198.51.100.30")
-		measure := func(d time.Duration) ([]time.Duration, error) {
-			var lat []time.Duration
-			for end := time.Now().Add(d); time.Now().Before(end); {
-				start := time.Now()
-				if err := authOK(addr, legit); err != nil {
-					return nil, err
-				}
-				lat = append(lat, time.Since(start))
-			}
-			return lat, nil
-		}
+		measure := func(d time.Duration) ([]time.Duration, error) { return measureOK(addr, legit, d) }
 		offset := be.LogOffset()
 		idle, err := measure(8 * time.Second)
 		if err != nil {

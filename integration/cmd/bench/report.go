@@ -37,6 +37,10 @@ type report struct {
 	memHeld, memInFlight        []int
 
 	penalty []penaltyFigures
+
+	guessing *guessingFigures
+	flood    *floodFigures
+	shared   *sharedFigures
 }
 
 func met(ok bool) string {
@@ -153,6 +157,8 @@ func (r *report) print(w io.Writer, cfg config) {
 		fmt.Fprintf(w, "| legitimate check p99 while one client guesses 20 passwords/s, Dovecot's auth penalty on, %s (%d guesses, %d reached Dovecot) | %.2f ms | %.2f ms (idle) | %.3f× | ≤ 1.5× | %s |\n",
 			f.name, f.guessesN, f.reached, ms(f.attackP99), ms(f.idleP99), ratio, met(ratio <= 1.5))
 	}
+	r.printGuessing(w)
+	r.printShared(w)
 
 	fmt.Fprintf(w, "\nRounds:\n\n")
 	if cfg.want("cached") {
@@ -181,4 +187,40 @@ func (r *report) print(w io.Writer, cfg config) {
 		fmt.Fprintf(w, "- note: %s\n", n)
 	}
 	fmt.Fprintln(w)
+}
+
+// printGuessing adds the rows of the guessing and flood figures.
+func (r *report) printGuessing(w io.Writer) {
+	if f := r.guessing; f != nil {
+		fmt.Fprintf(w, "| 40 distinct wrong passwords, one account, one client, one after another, Dovecot's penalty on: all answered in | %.1f s | | | | |\n", f.seqTook.Seconds())
+		fmt.Fprintf(w, "| … of them reached Dovecot | %d | | | ≤ 10 | %s |\n", f.seqReached, met(f.seqReached <= 10))
+		ratio := float64(f.attackP99) / float64(f.idleP99)
+		fmt.Fprintf(w, "| legitimate check p99 while 32 guessers (one account) and 64 (64 accounts) from one network, a guess every %v each (%d guesses) | %.2f ms | %.2f ms (idle) | %.3f× | ≤ 1.5× | %s |\n",
+			f.guessEvery, f.crowdGuesses, ms(f.attackP99), ms(f.idleP99), ratio, met(ratio <= 1.5))
+		fmt.Fprintf(w, "| … their guesses that reached Dovecot: the one account / all | %d / %d | | | ≤ 10 / ≤ 100 | %s |\n",
+			f.crowdReachedOne, f.crowdReachedAll, met(f.crowdReachedOne <= 10 && f.crowdReachedAll <= 100))
+	}
+	if f := r.flood; f != nil {
+		fmt.Fprintf(w, "| peak RSS through a flood of %s wrong logins for distinct users from 100,000 networks (%.0f/s) | %.1f MiB | %.1f MiB (idle) | | | |\n",
+			thousands(float64(f.requests)), float64(f.requests)/f.took.Seconds(), float64(f.hwmKB)/1024, float64(f.idleKB)/1024)
+		fmt.Fprintf(w, "| … RSS once the flood is over | %.1f MiB | | | | |\n", float64(f.afterKB)/1024)
+	}
+}
+
+// printShared adds the rows of the shared-state figures.
+func (r *report) printShared(w io.Writer) {
+	f := r.shared
+	if f == nil {
+		return
+	}
+	cs, cl := median(f.cachedShared), median(f.cachedLocal)
+	fmt.Fprintf(w, "| cached answer, requests/s, state shared through Redis (c=32) | %s | %s (in-process state) | %.2f× | ≥ 0.9× | %s |\n",
+		thousands(cs), thousands(cl), ratio(cs, cl), met(ratio(cs, cl) >= 0.9))
+	fmt.Fprintf(w, "| check latency p50 / p99, c=1, state shared through Redis | %.2f / %.2f ms | %.2f / %.2f ms (in-process) | %.2f× / %.2f× | | |\n",
+		median(f.p50Shared), median(f.p99Shared), median(f.p50Local), median(f.p99Local),
+		ratio(median(f.p50Shared), median(f.p50Local)), ratio(median(f.p99Shared), median(f.p99Local)))
+	fmt.Fprintf(w, "| store memory per 100,000 users with a wrong password from a network of its own (pair, user and network counts) | %.1f MiB | %.0f bytes a user | | | |\n",
+		f.bytesPerUser*100_000/(1<<20), f.bytesPerUser)
+	fmt.Fprintf(w, "| … per 100,000 owner marks (user logged in from a network) | %.1f MiB | %.0f bytes a mark | | | |\n",
+		f.bytesPerOwner*100_000/(1<<20), f.bytesPerOwner)
 }
