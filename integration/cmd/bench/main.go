@@ -44,14 +44,14 @@ import (
 // Addresses of the bench's processes (the scenarios use 127.0.0.2-7,
 // 127.0.1.x and 127.0.2.x).
 const (
-	ipBackend   = "127.0.0.9" // Dovecot with the generated accounts
-	ipWarm      = "127.0.3.1" // imapgate with a long cache TTL + its nginx
-	ipCold      = "127.0.3.2" // imapgate with the cache off + its nginx
-	ip204       = "127.0.3.3" // nginx `return 204` + the nginx that asks it
-	ipSteady    = "127.0.3.4" // imapgate with the default TTL + its nginx
+	ipBackend   = "127.0.0.9"  // Dovecot with the generated accounts
+	ipWarm      = "127.0.3.1"  // imapgate with a long cache TTL + its nginx
+	ipCold      = "127.0.3.2"  // imapgate with the cache off + its nginx
+	ip204       = "127.0.3.3"  // nginx `return 204` + the nginx that asks it
+	ipSteady    = "127.0.3.4"  // imapgate with the default TTL + its nginx
 	ipNetHTTP   = "127.0.3.20" // imapgate on net/http, cache TTL as ipWarm
 	ipPHP       = "127.0.3.21" // the PHP seed (nginx + php-fpm) + the nginx that asks it
-	ipMemory    = "127.0.3.5" // imapgate of the memory figure
+	ipMemory    = "127.0.3.5"  // imapgate of the memory figure
 	addrSlowIMP = "127.0.3.6:10143"
 )
 
