@@ -84,7 +84,7 @@ func TestHandlerBackendKnownDown(t *testing.T) {
 	serve(t, h, nginxHeader()) // cached now
 	h.Health = downHealth{}
 	w := serve(t, h, nginxHeader())
-	if w.Header().Get("Auth-Status") != StatusTemporary {
+	if w.Header().Get("Auth-Status") != imapTemporary {
 		t.Errorf("login for a backend known down: %v", w.Header())
 	}
 	if len(v.calls) != 1 {
