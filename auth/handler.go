@@ -170,9 +170,13 @@ func (h *Handler) admit(r *http1.Request) (Verdict, bool) {
 
 // peerAllowed reports whether the request's peer is in AllowFrom.
 func (h *Handler) peerAllowed(remote net.Addr) bool {
-	if len(h.AllowFrom) == 0 {
-		return true
-	}
+	return len(h.AllowFrom) == 0 || PeerIn(h.AllowFrom, remote)
+}
+
+// PeerIn reports whether remote's address is in one of nets. The server
+// asks it at accept, before a byte is read; the handler asks it again of
+// every request, for servers that cannot.
+func PeerIn(nets []netip.Prefix, remote net.Addr) bool {
 	var ip netip.Addr
 	if ta, ok := remote.(*net.TCPAddr); ok {
 		ip = ta.AddrPort().Addr().Unmap()
@@ -181,7 +185,7 @@ func (h *Handler) peerAllowed(remote net.Addr) bool {
 	} else {
 		return false
 	}
-	for _, p := range h.AllowFrom {
+	for _, p := range nets {
 		if p.Contains(ip) {
 			return true
 		}

@@ -45,6 +45,7 @@ type config struct {
 	SharedSecret     string        `env:"SHARED_SECRET"`
 	AllowFrom        networks      `env:"ALLOW_FROM"`
 	MaxChecks        int           `env:"MAX_CHECKS"`
+	MaxConns         int           `env:"MAX_CONNS"`
 	CacheTTL         time.Duration `env:"CACHE_TTL"`
 	CacheSize        int           `env:"CACHE_SIZE"`
 	LimitPair        int           `env:"LIMIT_PAIR"`

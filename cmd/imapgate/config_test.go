@@ -82,6 +82,8 @@ func TestConfigErrorsNameTheVariable(t *testing.T) {
 		{"cache ttl garbled", base("IMAPGATE_CACHE_TTL", "long"), "IMAPGATE_CACHE_TTL"},
 		{"cache ttl negative", base("IMAPGATE_CACHE_TTL", "-1s"), "IMAPGATE_CACHE_TTL"},
 		{"max checks negative", base("IMAPGATE_MAX_CHECKS", "-1"), "IMAPGATE_MAX_CHECKS"},
+		{"max conns negative", base("IMAPGATE_MAX_CONNS", "-1"), "IMAPGATE_MAX_CONNS"},
+		{"max conns past the fd limit", base("IMAPGATE_MAX_CONNS", "1073741824"), "IMAPGATE_MAX_CONNS"},
 		{"cache size zero", base("IMAPGATE_CACHE_SIZE", "0"), "IMAPGATE_CACHE_SIZE"},
 		{"limit negative", base("IMAPGATE_LIMIT_PAIR", "-1"), "IMAPGATE_LIMIT_PAIR"},
 		{"limit garbled", base("IMAPGATE_LIMIT_USER", "many"), "IMAPGATE_LIMIT_USER"},
@@ -214,5 +216,25 @@ func TestSecretFromFile(t *testing.T) {
 		if err != nil && (strings.Contains(err.Error(), "s3cr3t") || strings.Contains(err.Error(), "inline")) {
 			t.Errorf("error %q shows the secret", err)
 		}
+	}
+}
+
+// Without IMAPGATE_MAX_CONNS the cap is the file descriptor limit less
+// what the backends' checks and probes need, bounded by maxDerivedConns.
+func TestMaxConnsDerived(t *testing.T) {
+	s, err := loadSettings(context.Background(), envconfig.MapLookuper(map[string]string{
+		"IMAPGATE_BACKENDS":        "a=127.0.0.2;b=127.0.0.3",
+		"IMAPGATE_DEFAULT_BACKEND": "a",
+	}), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	limit, err := fdLimit()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := min(limit-fdReserve(2, 32), maxDerivedConns)
+	if s.maxConns != want || s.maxConns <= 0 || s.maxConns >= limit {
+		t.Errorf("derived cap %d with a limit of %d, want %d", s.maxConns, limit, want)
 	}
 }

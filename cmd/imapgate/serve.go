@@ -75,7 +75,11 @@ func (s *service) serve(ctx context.Context, ln, opsLn net.Listener) error {
 	serveErr := make(chan error, len(servers))
 	for i, srv := range servers {
 		go func() { serveErr <- srv.Serve(listeners[i]) }()
-		s.logger.Info("listening", "addr", listeners[i].Addr().String(), "ops", i > 0 || opsLn == nil)
+		attrs := []any{"addr", listeners[i].Addr().String(), "ops", i > 0 || opsLn == nil}
+		if i == 0 && s.cfg.HTTPServer == httpServerBuiltin {
+			attrs = append(attrs, "max_conns", s.maxConns)
+		}
+		s.logger.Info("listening", attrs...)
 	}
 
 	var err error
@@ -136,7 +140,12 @@ func (s *service) authServer(withOps bool) server {
 		IdleTimeout:    30 * time.Second,
 		MaxHeaderBytes: maxHeaderBytes,
 		Logger:         s.logger,
+		// Peers outside IMAPGATE_ALLOW_FROM are closed before a byte is
+		// read, and a crowd cannot take the descriptors the checks need.
+		MaxConns: s.maxConns,
+		Accept:   s.acceptFrom,
 	}
+	srv.OnDrop = newConnMetrics(s.registry, srv, s.maxConns).drop
 	if withOps {
 		srv.Fallback = s.opsHandler()
 		srv.FallbackPaths = opsPaths

@@ -29,6 +29,7 @@ type settings struct {
 	smtpVerify imapcheck.Protocol
 	tlsConfig  *tls.Config
 	limits     auth.Limits
+	maxConns   int // the cap on auth_http connections, derived if need be
 }
 
 // settingCheck checks one setting, or a few that only make sense
@@ -51,6 +52,7 @@ var settingChecks = []settingCheck{
 	positive("CACHE_SIZE", func(c config) int64 { return int64(c.CacheSize) }, ""),
 	notNegative("CACHE_TTL", func(c config) int64 { return int64(c.CacheTTL) }, " (0 turns the cache off)"),
 	notNegative("MAX_CHECKS", func(c config) int64 { return int64(c.MaxChecks) }, " (0 = no bound)"),
+	checkMaxConns,
 	notNegative("LIMIT_PAIR", func(c config) int64 { return int64(c.LimitPair) }, " (0 turns this limit off)"),
 	notNegative("LIMIT_USER", func(c config) int64 { return int64(c.LimitUser) }, " (0 turns this limit off)"),
 	notNegative("LIMIT_NETWORK", func(c config) int64 { return int64(c.LimitNetwork) }, " (0 turns this limit off)"),

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"log/slog"
+	"net"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -15,12 +16,15 @@ import (
 
 // service is everything main wires together from the settings.
 type service struct {
-	cfg       config
-	logger    *slog.Logger
-	handler   *auth.Handler
-	usersFile *backend.UsersFile // nil without IMAPGATE_USERS_FILE
-	health    *backend.Health
-	registry  *prometheus.Registry
+	cfg    config
+	logger *slog.Logger
+	// maxConns and acceptFrom bound the auth listener's connections.
+	maxConns   int
+	acceptFrom func(net.Addr) bool
+	handler    *auth.Handler
+	usersFile  *backend.UsersFile // nil without IMAPGATE_USERS_FILE
+	health     *backend.Health
+	registry   *prometheus.Registry
 	// logFlusher, when set, runs beside the server and flushes the log
 	// buffer until its context ends.
 	logFlusher func(context.Context)
@@ -29,7 +33,7 @@ type service struct {
 // newService builds the service from checked settings; nothing here can
 // fail.
 func newService(s *settings) *service {
-	svc := &service{cfg: s.config, logger: s.logger, usersFile: s.usersFile}
+	svc := &service{cfg: s.config, logger: s.logger, usersFile: s.usersFile, maxConns: s.maxConns, acceptFrom: acceptFrom(s)}
 	svc.registry = prometheus.NewRegistry()
 	svc.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics := auth.NewMetrics(svc.registry)
