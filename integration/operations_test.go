@@ -207,8 +207,8 @@ func TestFail2banFilter(t *testing.T) {
 	}
 }
 
-// TestSIGHUPReloadsUsersFile: SIGHUP rereads the users file at
-// once; a broken file is logged and the last good table stays.
+// TestSIGHUPReloadsUsersFile: SIGHUP rereads the users file once it
+// has held still; a broken file is logged and the last good table stays.
 func TestSIGHUPReloadsUsersFile(t *testing.T) {
 	t.Parallel()
 	e := requireEnv(t)

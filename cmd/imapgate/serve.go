@@ -178,7 +178,7 @@ func (s *service) reloadOnHangup(ctx context.Context) {
 			s.logger.Info("rereading the users file", "path", s.cfg.UsersFile, "reason", "SIGHUP")
 			// Reload logs the result: the new table, or why the file is
 			// broken and the last good table stays.
-			s.usersFile.Reload()
+			s.usersFile.Reload(ctx)
 		case <-ctx.Done():
 			return
 		}
