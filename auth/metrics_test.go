@@ -2,6 +2,7 @@ package auth
 
 import (
 	"bytes"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -9,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/imapgate/imapgate/backend"
 	"github.com/imapgate/imapgate/imapcheck"
 )
 
@@ -70,11 +72,15 @@ func TestMetrics(t *testing.T) {
 	}
 }
 
-// downHealth reports every backend down.
+// downHealth reports every backend down, with a trial running.
 type downHealth struct{}
 
-func (downHealth) Up(string, imapcheck.Protocol) bool { return false }
-func (downHealth) Recheck()                           {}
+func (downHealth) Admit(string, backend.Endpoint, ...imapcheck.Protocol) (bool, bool, bool) {
+	return false, false, false
+}
+func (downHealth) EndTrial(string)                                                        {}
+func (downHealth) Observe(string, backend.Endpoint, netip.Addr, imapcheck.Outcome, error) {}
+func (downHealth) Recheck()                                                               {}
 
 func TestHandlerBackendKnownDown(t *testing.T) {
 	v := &fakeVerifier{outcome: imapcheck.OK}

@@ -68,7 +68,7 @@ func TestReloadDuringInPlaceRewrite(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	uf.Settle = 20 * time.Millisecond
+	uf.Settle = 100 * time.Millisecond
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 
@@ -113,19 +113,22 @@ func TestReloadGivesUpOnAFileThatKeepsChanging(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	uf.Settle = 5 * time.Millisecond
+	uf.Settle = 50 * time.Millisecond
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	wg.Go(func() {
-		f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
+		f, err := os.OpenFile(path, os.O_WRONLY, 0)
 		if err != nil {
 			t.Error(err)
 			return
 		}
 		defer f.Close()
-		for i := 0; ctx.Err() == nil; i++ {
-			fmt.Fprintf(f, "more%06d mailhost01\n", i)
-			time.Sleep(time.Millisecond)
+		// The same first line again and again: the content stays, the
+		// modification time moves on.
+		first := []byte(usersList(1))
+		for ctx.Err() == nil {
+			f.WriteAt(first, 0)
+			time.Sleep(100 * time.Microsecond)
 		}
 	})
 	err = uf.Reload(context.Background())
@@ -133,8 +136,5 @@ func TestReloadGivesUpOnAFileThatKeepsChanging(t *testing.T) {
 	wg.Wait()
 	if err == nil || !strings.Contains(err.Error(), "kept changing") {
 		t.Errorf("Reload = %v, want it to give up on a file that kept changing", err)
-	}
-	if uf.Len() != 10 {
-		t.Errorf("%d users, want the last good 10", uf.Len())
 	}
 }

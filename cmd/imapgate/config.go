@@ -55,6 +55,7 @@ type config struct {
 	TrustedNetworks  networks      `env:"TRUSTED_NETWORKS"`
 	MetricsListen    string        `env:"METRICS_LISTEN"`
 	ProbeInterval    time.Duration `env:"PROBE_INTERVAL"`
+	DegradeAfter     int           `env:"DEGRADE_AFTER"`
 	LogFormat        string        `env:"LOG_FORMAT"`
 	LogLevel         string        `env:"LOG_LEVEL"`
 	HTTPServer       string        `env:"HTTP_SERVER"`
@@ -84,6 +85,7 @@ func defaultConfig() config {
 		LimitNetwork:    limits.PerNetwork,
 		LimitWindow:     limits.Window,
 		ProbeInterval:   backend.DefaultProbeInterval,
+		DegradeAfter:    backend.DefaultDegradeAfter,
 		LogFormat:       "text",
 		LogLevel:        "info",
 		HTTPServer:      httpServerBuiltin,

@@ -58,6 +58,7 @@ var settingChecks = []settingCheck{
 	notNegative("LIMIT_NETWORK", func(c config) int64 { return int64(c.LimitNetwork) }, " (0 turns this limit off)"),
 	positive("LIMIT_WINDOW", func(c config) int64 { return int64(c.LimitWindow) }, ""),
 	positive("PROBE_INTERVAL", func(c config) int64 { return int64(c.ProbeInterval) }, ""),
+	notNegative("DEGRADE_AFTER", func(c config) int64 { return int64(c.DegradeAfter) }, " (0 = never)"),
 	checkHTTPServer,
 }
 

@@ -62,7 +62,10 @@ func newService(s *settings) *service {
 		// The check has VerifyTimeout; resolving the backend's name for
 		// nginx gets a little more.
 		Timeout: s.VerifyTimeout + 2*time.Second,
-		Logger:  s.logger,
+		// A login that tries a backend marked down gets as long as a
+		// probe: it is one, with a login after the greeting.
+		TrialTimeout: probeTimeout(s),
+		Logger:       s.logger,
 	}
 	return svc
 }
@@ -71,12 +74,23 @@ func newService(s *settings) *service {
 // count each change of state.
 func newHealth(s *settings, metrics *auth.Metrics) *backend.Health {
 	logger := s.logger
+	degradeAfter := s.DegradeAfter
+	if degradeAfter == 0 {
+		degradeAfter = -1 // never
+	}
 	return &backend.Health{
-		Backends: s.backends,
-		Interval: s.ProbeInterval,
-		// A probe is a connect and a greeting: if that takes longer than a
-		// login may, the backend is as good as down.
-		Timeout: min(s.VerifyTimeout, 3*time.Second),
+		Backends:     s.backends,
+		Interval:     s.ProbeInterval,
+		Timeout:      probeTimeout(s),
+		DegradeAfter: degradeAfter,
+		OnDegraded: func(name string, degraded bool, err error) {
+			metrics.BackendDegraded(name, degraded)
+			if degraded {
+				logger.Warn("backend degraded: it greets, but logins stall; failing its checks fast but for one trial at a time", "backend", name, "err", err)
+			} else {
+				logger.Info("backend answers logins again", "backend", name)
+			}
+		},
 		OnChange: func(name string, proto imapcheck.Protocol, addr string, up bool, err error) {
 			metrics.BackendUp(name, string(proto), up)
 			if up {
@@ -86,4 +100,11 @@ func newHealth(s *settings, metrics *auth.Metrics) *backend.Health {
 			}
 		},
 	}
+}
+
+// probeTimeout bounds a probe, and a trial login on a backend marked
+// down: a probe is a connect and a greeting, and if that takes longer
+// than a login may, the backend is as good as down.
+func probeTimeout(s *settings) time.Duration {
+	return min(s.VerifyTimeout, 3*time.Second)
 }
