@@ -64,6 +64,7 @@ type checkState struct {
 	stalledFor []netip.Addr // the clients of the stalls in a row
 	degraded   bool
 	lastStall  error
+	lastTrial  time.Time // of a trial while degraded
 }
 
 // DefaultProbeInterval is the time between probe rounds when
@@ -168,11 +169,7 @@ func (h *Health) targets() []probeTarget {
 // Run probes every Interval until ctx ends. It probes once at once, so
 // that readiness is known as soon as possible.
 func (h *Health) Run(ctx context.Context) {
-	interval := h.Interval
-	if interval <= 0 {
-		interval = DefaultProbeInterval
-	}
-	t := time.NewTicker(interval)
+	t := time.NewTicker(h.interval())
 	defer t.Stop()
 	poke := h.pokeChan()
 	for {
@@ -192,6 +189,13 @@ func (h *Health) Run(ctx context.Context) {
 			}
 		}
 	}
+}
+
+func (h *Health) interval() time.Duration {
+	if h.Interval <= 0 {
+		return DefaultProbeInterval
+	}
+	return h.Interval
 }
 
 // ProbeAll probes every address once, concurrently, and returns when all
@@ -250,11 +254,12 @@ func (h *Health) probe(ctx context.Context, t probeTarget) error {
 // Admit says whether a check on backend, connecting to check, may run
 // now, for a login over protos (the client's protocol and the check's).
 // It may when the backend's addresses for protos answered their last
-// probe and the backend is not degraded. When it is degraded, or the only
-// addresses down are check itself, one check at a time may run anyway as
-// a trial (trial true; the caller calls EndTrial when it is done), so that
-// a backend that has come back is used at once, not at the next probe.
-// Otherwise ok is false, and degraded says whether that is why.
+// probe and the backend is not degraded. When the only addresses down are
+// check itself, one check at a time may run anyway as a trial (trial
+// true; the caller calls EndTrial when it is done), so that a backend
+// that has come back is used at once, not at the next probe. A degraded
+// backend gets one trial per probe Interval, since a trial there costs a
+// stall. Otherwise ok is false, and degraded says whether that is why.
 func (h *Health) Admit(backend string, check Endpoint, protos ...imapcheck.Protocol) (ok, trial, degraded bool) {
 	if h == nil {
 		return true, false, false
@@ -279,6 +284,10 @@ func (h *Health) Admit(backend string, check Endpoint, protos ...imapcheck.Proto
 		return true, false, false
 	case down && !testable, h.inTrials[backend]:
 		return false, false, degraded
+	case degraded && time.Since(cs.lastTrial) < h.interval():
+		return false, false, true
+	case degraded:
+		cs.lastTrial = time.Now()
 	}
 	if h.inTrials == nil {
 		h.inTrials = make(map[string]bool)

@@ -97,6 +97,10 @@ func TestDegraded(t *testing.T) {
 	if ok, _, degraded := h.Admit("b", ep, imapcheck.IMAP); ok || !degraded {
 		t.Errorf("second Admit on a degraded backend = %v, %v; want refused as degraded", ok, degraded)
 	}
+	h.EndTrial("b")
+	if ok, _, degraded := h.Admit("b", ep, imapcheck.IMAP); ok || !degraded {
+		t.Errorf("Admit on a degraded backend within an Interval of its trial = %v, %v; want refused", ok, degraded)
+	}
 	h.Observe("b", ep, guesser, imapcheck.OK, nil)
 	h.EndTrial("b")
 	if h.Degraded("b") {

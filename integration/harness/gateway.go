@@ -33,6 +33,15 @@ type GatewayConfig struct {
 	// Imapgate overrides the run's IMAPGATE_IT_IMAPGATE for this gateway:
 	// ImapgateProcess or ImapgateContainer ("" = the run's).
 	Imapgate string
+	// MaxFiles, when set, is imapgate's limit on open files (RLIMIT_NOFILE,
+	// soft and hard): prlimit(1) for a process, --ulimit for a container.
+	MaxFiles int
+	// HostsFile, when set, is the file imapgate sees as /etc/hosts (a
+	// bind mount in a mount namespace of its own, or of its container),
+	// so that a test can make a name stop resolving by editing the file
+	// in place; imapgate then also sees a resolv.conf whose one name
+	// server is nowhere, so that a name not in the file fails at once.
+	HostsFile string
 }
 
 // Gateway is imapgate and the nginx mail proxy that asks it: the system under
@@ -126,7 +135,11 @@ func (g *Gateway) startImapgate(ctx context.Context) error {
 	if mode == ImapgateContainer {
 		p, err = g.startImapgateContainer(ctx, settings)
 	} else {
-		cmd := exec.Command(g.env.Binary)
+		argv, err := g.processArgv()
+		if err != nil {
+			return err
+		}
+		cmd := exec.Command(argv[0], argv[1:]...)
 		cmd.Env = env
 		cmd.Dir = g.dir
 		p, err = startProcess("imapgate-"+g.Name, filepath.Join(g.dir, "imapgate.log"), g.env.pidDir, cmd)
