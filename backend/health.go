@@ -368,7 +368,11 @@ func (h *Health) stalled(backend string, client netip.Addr, err error) {
 		cs.stalledFor = append(cs.stalledFor, client)
 	}
 	turned := !cs.degraded && len(cs.stalledFor) >= after
-	cs.degraded = cs.degraded || turned
+	if turned {
+		// The stall that degraded it counts as its trial: the next one
+		// is a probe Interval away.
+		cs.degraded, cs.lastTrial = true, time.Now()
+	}
 	h.mu.Unlock()
 	if turned && h.OnDegraded != nil {
 		h.OnDegraded(backend, true, err)

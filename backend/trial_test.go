@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/imapgate/imapgate/imapcheck"
 )
@@ -90,6 +91,14 @@ func TestDegraded(t *testing.T) {
 	if ready, missing := h.Ready(); ready || !strings.Contains(strings.Join(missing, ";"), "b degraded") {
 		t.Errorf("Ready = %v, %v; want b degraded", ready, missing)
 	}
+	// The stall that degraded it was its trial; the next is an Interval
+	// away.
+	if ok, _, degraded := h.Admit("b", ep, imapcheck.IMAP); ok || !degraded {
+		t.Errorf("Admit at once on a degraded backend = %v, %v; want refused as degraded", ok, degraded)
+	}
+	h.mu.Lock()
+	h.checks["b"].lastTrial = time.Time{}
+	h.mu.Unlock()
 	ok, trial, degraded := h.Admit("b", ep, imapcheck.IMAP)
 	if !ok || !trial || !degraded {
 		t.Fatalf("Admit on a degraded backend = %v, %v, %v; want a trial", ok, trial, degraded)

@@ -24,6 +24,7 @@ const (
 	ipUsersGateway    = "127.0.60.5"
 	ipNamesGateway    = "127.0.60.6"
 	ipFloodGateway    = "127.0.60.7"
+	ipTLSGateway      = "127.0.60.8"
 
 	ipNowhere      = "127.0.60.99" // nothing listens here
 	ipHostile      = "127.0.60.100"
