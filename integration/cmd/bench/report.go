@@ -36,6 +36,8 @@ type report struct {
 	memHeld, memInFlight        []int
 
 	penalty []penaltyFigures
+
+	resilience *resilienceFigures
 }
 
 func met(ok bool) string {
@@ -148,6 +150,10 @@ func (r *report) print(w io.Writer, cfg config) {
 			f.name, f.guessesN, f.reached, ms(f.attackP99), ms(f.idleP99), ratio, met(ratio <= 1.5))
 	}
 
+	if r.resilience != nil {
+		r.resilience.print(w)
+	}
+
 	fmt.Fprintf(w, "\nRounds:\n\n")
 	if cfg.want("cached") {
 		fmt.Fprintf(w, "- cached answer, imapgate req/s: %s; nginx `return 204`: %s; imapgate on net/http: %s; imapgate's cache hits %d of %d requests wrk counted\n",
@@ -170,6 +176,9 @@ func (r *report) print(w io.Writer, cfg config) {
 	if cfg.want("memory") {
 		fmt.Fprintf(w, "- memory, MiB: idle RSS %s; RSS with all held %s; VmHWM %s (max %.1f); held at backend / imapgate_checks_in_flight %s\n",
 			list(r.memIdle, "%.1f"), list(r.memHeldRSS, "%.1f"), list(r.memHWM, "%.1f"), slices.Max(append([]float64{0}, r.memHWM...)), strings.Join(held, ", "))
+	}
+	if r.resilience != nil {
+		r.resilience.printRounds(w)
 	}
 	for _, n := range r.notes {
 		fmt.Fprintf(w, "- note: %s\n", n)
