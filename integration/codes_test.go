@@ -20,24 +20,20 @@ const (
 	ipCodesGateway    = "127.0.60.1"
 	ipHostileGateway  = "127.0.60.2"
 	ipComebackGateway = "127.0.60.3"
-	ipDegradedGateway = "127.0.60.4"
 	ipUsersGateway    = "127.0.60.5"
 	ipNamesGateway    = "127.0.60.6"
 	ipFloodGateway    = "127.0.60.7"
 	ipTLSGateway      = "127.0.60.8"
 
-	ipNowhere      = "127.0.60.99" // nothing listens here
-	ipHostile      = "127.0.60.100"
-	ipComeback     = "127.0.60.101"
-	ipStalling     = "127.0.60.102"
-	ipNamedBackend = "127.0.60.103"
+	ipNowhere  = "127.0.60.99" // nothing listens here
+	ipHostile  = "127.0.60.100"
+	ipComeback = "127.0.60.101"
+	ipStalling = "127.0.60.102"
 
-	ipCodesWrong     = "127.0.60.200" // a client that types a wrong password
-	ipCodesGuesser   = "127.0.60.201" // a client past the guessing limit
-	ipCodesOutage    = "127.0.60.202" // a client whose backend is down
-	ipOtherUsers     = "127.0.60.203" // the users who keep working
-	ipFloodAllowed   = "127.0.60.210" // .210-.213: the flood from nginx's own network
-	ipFloodForbidden = "127.0.60.220" // .220-.221: the flood from outside IMAPGATE_ALLOW_FROM
+	ipCodesWrong   = "127.0.60.200" // a client that types a wrong password
+	ipCodesGuesser = "127.0.60.201" // a client past the guessing limit
+	ipCodesOutage  = "127.0.60.202" // a client whose backend is down
+	ipOtherUsers   = "127.0.60.203" // the users who keep working
 )
 
 // The Auth-Status texts with their response codes, as nginx passes them on.
