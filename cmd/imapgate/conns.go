@@ -12,10 +12,12 @@ import (
 
 // maxDerivedConns bounds the connection cap derived from the file
 // descriptor limit: a container's limit of a million would otherwise let
-// a crowd of slow clients hold gigabytes. A busy site has a few hundred
-// auth_http requests in flight; at the cap the slowest client makes room
-// for a prompt one, so the bound costs nginx nothing.
-const maxDerivedConns = 16384
+// a crowd of slow clients hold gigabytes (a connection waiting for its
+// head costs about 11 KiB: a goroutine's stack, the read buffer, the
+// conn). A busy site has a few hundred auth_http requests in flight, and
+// at the cap the slowest client makes room for a prompt one, so the bound
+// costs nginx nothing.
+const maxDerivedConns = 4096
 
 // fdReserve is how many file descriptors imapgate keeps for its own
 // connections when it derives the cap on client connections: every check
