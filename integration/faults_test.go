@@ -473,8 +473,10 @@ const (
 // being answered (cached logins and fresh checks alike), the backends
 // stay up, /readyz says ready, and afterwards imapgate's goroutines,
 // descriptors and memory come back.
+//
+// Not parallel: it runs alone, before the parallel scenarios, so that its
+// load on the machine cannot slow theirs into timeouts.
 func TestConnectionFlood(t *testing.T) {
-	t.Parallel()
 	e := requireEnv(t)
 	// The flood's own descriptors, with room for everything else.
 	if err := harness.RaiseFileLimit(floodAllowed + floodForbidden + 16384); err != nil {
