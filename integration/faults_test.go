@@ -478,10 +478,6 @@ const (
 // load on the machine cannot slow theirs into timeouts.
 func TestConnectionFlood(t *testing.T) {
 	e := requireEnv(t)
-	// The flood's own descriptors, with room for everything else.
-	if err := harness.RaiseFileLimit(floodAllowed + floodForbidden + 16384); err != nil {
-		t.Fatal(err)
-	}
 	settings := seedSettings()
 	// nginx, /metrics and the harness's requests come from 127.0.0.1.
 	settings["IMAPGATE_ALLOW_FROM"] = "127.0.0.1,127.0.60.210/31,127.0.60.212/31"
@@ -494,15 +490,20 @@ func TestConnectionFlood(t *testing.T) {
 	base := usageOf(t, gw)
 	from := gw.Imapgate.Len()
 
-	floodCtx, stopFlood := context.WithCancel(ctx)
-	allowed := &harness.Flood{Target: gw.AuthAddr, Conns: floodAllowed, Interval: time.Second,
-		Sources: []string{"127.0.60.210", "127.0.60.211", "127.0.60.212", "127.0.60.213"}}
-	forbidden := &harness.Flood{Target: gw.AuthAddr, Conns: floodForbidden, Interval: time.Second,
-		Sources: []string{"127.0.60.220", "127.0.60.221"}}
-	var floods sync.WaitGroup
-	floods.Go(func() { allowed.Run(floodCtx) })
-	floods.Go(func() { forbidden.Run(floodCtx) })
-	defer func() { stopFlood(); floods.Wait() }()
+	// In processes of their own: this one may not hold 26,000
+	// descriptors.
+	allowed, err := e.StartFlood(ctx, &harness.Flood{Target: gw.AuthAddr, Conns: floodAllowed, Interval: time.Second,
+		Sources: []string{"127.0.60.210", "127.0.60.211", "127.0.60.212", "127.0.60.213"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer allowed.Stop()
+	forbidden, err := e.StartFlood(ctx, &harness.Flood{Target: gw.AuthAddr, Conns: floodForbidden, Interval: time.Second,
+		Sources: []string{"127.0.60.220", "127.0.60.221"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer forbidden.Stop()
 	waitFor(t, ctx, "the flood's connections made", func() bool { return allowed.Stats().Opened >= floodAllowed })
 	t.Logf("flood up: %v; imapgate has %v open", allowed.Stats(), scrape(t, gw)["imapgate_connections_open"])
 
@@ -530,9 +531,7 @@ func TestConnectionFlood(t *testing.T) {
 		time.Sleep(200 * time.Millisecond)
 	}
 	m := scrape(t, gw)
-	stopFlood()
-	floods.Wait()
-	t.Logf("%d rounds of logins during the flood; imapgate at most %v; flood: %v; outside ALLOW_FROM: %v", logins, peak, allowed.Stats(), forbidden.Stats())
+	t.Logf("%d rounds of logins during the flood; imapgate at most %v; flood: %v; outside ALLOW_FROM: %v", logins, peak, allowed.Stop(), forbidden.Stop())
 	for _, reason := range []string{"refused", "evicted"} {
 		if m[`imapgate_connections_dropped_total{reason="`+reason+`"}`] == 0 {
 			t.Errorf("no connection dropped as %s: %v", reason, m)

@@ -1,10 +1,15 @@
 package harness
 
 import (
+	"bufio"
 	"context"
-	"errors"
 	"fmt"
 	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -38,6 +43,18 @@ type FloodStats struct {
 
 func (s FloodStats) String() string {
 	return fmt.Sprintf("%d connections made, %d closed by the server, %d dials failed", s.Opened, s.Closed, s.Failed)
+}
+
+// Line is the stats as cmd/flood prints them.
+func (s FloodStats) Line() string {
+	return fmt.Sprintf("opened %d closed %d failed %d", s.Opened, s.Closed, s.Failed)
+}
+
+// parseFloodLine reads a Line.
+func parseFloodLine(line string) (FloodStats, bool) {
+	var s FloodStats
+	_, err := fmt.Sscanf(line, "opened %d closed %d failed %d", &s.Opened, &s.Closed, &s.Failed)
+	return s, err == nil
 }
 
 // Stats returns what the flood has done so far.
@@ -133,23 +150,114 @@ func (f *Flood) trickle(ctx context.Context, mu *sync.Mutex, conns []net.Conn, s
 	}
 }
 
-// RaiseFileLimit raises this process's limit on open files to at least n,
-// raising the hard limit too when it can (as root). Processes started
-// afterwards inherit it.
-func RaiseFileLimit(n uint64) error {
-	var lim syscall.Rlimit
-	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
-		return err
+// floodPerProcess is the most connections one flood process holds: a
+// process's descriptors are bounded by its limit (often 20,000 here, and
+// not to be raised without CAP_SYS_RESOURCE).
+const floodPerProcess = 12000
+
+// FloodRun is a flood running in processes of its own.
+type FloodRun struct {
+	procs []*exec.Cmd
+	mu    sync.Mutex
+	last  []FloodStats
+	done  sync.WaitGroup
+}
+
+// StartFlood runs f (Conns split over processes of at most 12,000 each,
+// Sources dealt out among them) until Stop. It builds cmd/flood first.
+func (e *Env) StartFlood(ctx context.Context, f *Flood) (*FloodRun, error) {
+	bin, err := e.floodBinary(ctx)
+	if err != nil {
+		return nil, err
 	}
-	if lim.Cur >= n {
-		return nil
+	n := (f.Conns + floodPerProcess - 1) / floodPerProcess
+	r := &FloodRun{last: make([]FloodStats, n)}
+	for i := range n {
+		var sources []string
+		for j, s := range f.Sources {
+			if j%n == i || len(f.Sources) < n {
+				sources = append(sources, s)
+			}
+		}
+		conns := f.Conns / n
+		if i == 0 {
+			conns += f.Conns % n
+		}
+		cmd := exec.Command(bin, "-target", f.Target, "-sources", strings.Join(sources, ","),
+			"-conns", strconv.Itoa(conns), "-interval", f.Interval.String())
+		out, err := cmd.StdoutPipe()
+		if err != nil {
+			r.Stop()
+			return nil, err
+		}
+		cmd.Stderr = os.Stderr
+		if err := cmd.Start(); err != nil {
+			r.Stop()
+			return nil, err
+		}
+		r.procs = append(r.procs, cmd)
+		r.done.Go(func() {
+			sc := bufio.NewScanner(out)
+			for sc.Scan() {
+				if s, ok := parseFloodLine(sc.Text()); ok {
+					r.mu.Lock()
+					r.last[i] = s
+					r.mu.Unlock()
+				}
+			}
+		})
 	}
-	if lim.Max < n {
-		lim.Max = n
+	return r, nil
+}
+
+// Stats sums what the flood's processes last reported.
+func (r *FloodRun) Stats() FloodStats {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var sum FloodStats
+	for _, s := range r.last {
+		sum.Opened += s.Opened
+		sum.Closed += s.Closed
+		sum.Failed += s.Failed
 	}
-	lim.Cur = n
-	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
-		return errors.Join(fmt.Errorf("raise the open-file limit to %d (run as root, or raise ulimit -Hn)", n), err)
+	return sum
+}
+
+// Stop ends the flood's processes, waits for them, and returns the stats.
+func (r *FloodRun) Stop() FloodStats {
+	for _, cmd := range r.procs {
+		cmd.Process.Signal(syscall.SIGTERM)
 	}
-	return nil
+	r.done.Wait()
+	for _, cmd := range r.procs {
+		cmd.Wait()
+	}
+	r.procs = nil
+	return r.Stats()
+}
+
+// floodBuild is cmd/flood, built once per run.
+type floodBuild struct {
+	once sync.Once
+	bin  string
+	err  error
+}
+
+// floodBinary builds cmd/flood into the run directory, once.
+func (e *Env) floodBinary(ctx context.Context) (string, error) {
+	b := &e.flood
+	b.once.Do(func() {
+		root, err := ModuleRoot()
+		if err != nil {
+			b.err = err
+			return
+		}
+		b.bin = filepath.Join(e.Dir, "flood")
+		cmd := exec.CommandContext(ctx, "go", "build", "-o", b.bin, "./integration/cmd/flood")
+		cmd.Dir = root
+		if out, err := cmd.CombinedOutput(); err != nil {
+			b.err = fmt.Errorf("go build ./integration/cmd/flood: %v\n%s", err, out)
+		}
+	})
+	return b.bin, b.err
 }

@@ -105,9 +105,6 @@ func (b *bench) hostileFigure(ctx context.Context, f *resilienceFigures) error {
 }
 
 func (b *bench) floodFigure(ctx context.Context, f *resilienceFigures) error {
-	if err := harness.RaiseFileLimit(floodBenchConns + 16384); err != nil {
-		return err
-	}
 	addr := ipResilience + ":9180"
 	a := b.accounts[0]
 	p, err := b.env.StartImapgateLimited(ctx, "imapgate-flood", addr, map[string]string{
@@ -126,16 +123,22 @@ func (b *bench) floodFigure(ctx context.Context, f *resilienceFigures) error {
 	if err != nil {
 		return err
 	}
-	flood := &harness.Flood{Target: addr, Conns: floodBenchConns, Interval: time.Second,
-		Sources: []string{"127.0.60.160", "127.0.60.161", "127.0.60.162", "127.0.60.163"}}
-	floodCtx, stop := context.WithCancel(ctx)
-	var wg sync.WaitGroup
-	wg.Go(func() { flood.Run(floodCtx) })
-	defer func() { stop(); wg.Wait() }()
+	flood, err := b.env.StartFlood(ctx, &harness.Flood{Target: addr, Conns: floodBenchConns, Interval: time.Second,
+		Sources: []string{"127.0.60.160", "127.0.60.161", "127.0.60.162", "127.0.60.163"}})
+	if err != nil {
+		return err
+	}
+	stopped := false
+	defer func() {
+		if !stopped {
+			flood.Stop()
+		}
+	}()
 	for flood.Stats().Opened < floodBenchConns && ctx.Err() == nil {
 		time.Sleep(100 * time.Millisecond)
 	}
 	logf("flood: %v", flood.Stats())
+	var wg sync.WaitGroup
 	done := make(chan struct{})
 	var peakOpen float64
 	var peakFDs int
@@ -157,8 +160,8 @@ func (b *bench) floodFigure(ctx context.Context, f *resilienceFigures) error {
 	for _, reason := range []string{"slow", "evicted", "full"} {
 		f.floodDropped[reason], _ = metric(addr, `imapgate_connections_dropped_total{reason="`+reason+`"}`)
 	}
-	stop()
 	wg.Wait()
+	f.floodStats, stopped = flood.Stop(), true
 	_, hwm, err := procStatus(p.Pid())
 	if err != nil {
 		return err
@@ -167,7 +170,7 @@ func (b *bench) floodFigure(ctx context.Context, f *resilienceFigures) error {
 	f.floodOK, f.floodAll = len(l.lat), len(l.lat)+l.fails
 	slices.Sort(l.lat)
 	f.floodP50, f.floodP99 = percentile(l.lat, 50), percentile(l.lat, 99)
-	f.floodOpenPeak, f.floodFDPeak, f.floodStats = peakOpen, peakFDs, flood.Stats()
+	f.floodOpenPeak, f.floodFDPeak = peakOpen, peakFDs
 	logf("flood held %v: %d/%d cached logins OK (p50 %v, p99 %v), RSS idle %.1f MiB, peak %.1f MiB, connections at most %.0f (cap %.0f), fds at most %d, dropped %v; %v",
 		floodBenchHold, f.floodOK, f.floodAll, f.floodP50, f.floodP99, f.floodIdle, f.floodHWM, peakOpen, f.floodMax, peakFDs, f.floodDropped, f.floodStats)
 	if l.fails > 0 {
