@@ -7,8 +7,11 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/sethvargo/go-envconfig"
 	"go.uber.org/goleak"
@@ -237,4 +240,35 @@ func TestMaxConnsDerived(t *testing.T) {
 	if s.maxConns != want || s.maxConns <= 0 || s.maxConns >= limit {
 		t.Errorf("derived cap %d with a limit of %d, want %d", s.maxConns, limit, want)
 	}
+}
+
+// After a crowd of connections has gone, its memory is handed back: the
+// heap released to the system grows.
+func TestReleaseAfterCrowd(t *testing.T) {
+	var open atomic.Int64
+	open.Store(crowdSize)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { releaseAfterCrowd(ctx, func() int { return int(open.Load()) }, time.Millisecond, 10*time.Millisecond); close(done) }()
+	defer func() { cancel(); <-done }()
+	// Garbage a crowd would leave behind.
+	junk := make([][]byte, 0, 1024)
+	for range 1024 {
+		junk = append(junk, make([]byte, 32<<10))
+	}
+	runtime.KeepAlive(junk)
+	junk = nil
+	var before runtime.MemStats
+	runtime.ReadMemStats(&before)
+	time.Sleep(20 * time.Millisecond)
+	open.Store(0)
+	for range 400 {
+		var now runtime.MemStats
+		runtime.ReadMemStats(&now)
+		if now.HeapReleased > before.HeapReleased+16<<20 {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Error("the memory a crowd left was not released")
 }

@@ -1,8 +1,11 @@
 package main
 
 import (
+	"context"
 	"net"
+	"runtime/debug"
 	"syscall"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -105,4 +108,47 @@ func acceptFrom(s *settings) func(net.Addr) bool {
 	}
 	nets := s.AllowFrom
 	return func(remote net.Addr) bool { return auth.PeerIn(nets, remote) }
+}
+
+// A crowd is at least crowdSize connections at once; it has gone when at
+// most an eighth of its peak is left, and its memory is released once it
+// has been gone for crowdGone: the server's idle workers keep their
+// stacks for 10 s after their last connection. crowdCheck is how often
+// the count is looked at.
+const (
+	crowdSize  = 1024
+	crowdGone  = 15 * time.Second
+	crowdCheck = 5 * time.Second
+)
+
+// releaseAfterCrowd hands the memory a crowd of connections took (their
+// goroutines' stacks and read buffers, some 20 KiB each with the garbage
+// collector's headroom) back to the system once the crowd has gone, until
+// ctx ends. Left to itself the Go runtime returns it only after its next
+// forced collection, minutes later, and a flood of slow clients would
+// leave imapgate holding a hundred MiB it no longer uses. It looks every
+// so often, and releases once the crowd has been gone for gone.
+func releaseAfterCrowd(ctx context.Context, open func() int, every, gone time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	peak := 0
+	var goneSince time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		n := open()
+		peak = max(peak, n)
+		switch {
+		case peak < crowdSize || n > peak/8:
+			goneSince = time.Time{}
+		case goneSince.IsZero():
+			goneSince = time.Now()
+		case time.Since(goneSince) >= gone:
+			debug.FreeOSMemory()
+			peak, goneSince = n, time.Time{}
+		}
+	}
 }

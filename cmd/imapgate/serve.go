@@ -64,9 +64,8 @@ func (s *service) serve(ctx context.Context, ln, opsLn net.Listener) error {
 	var background sync.WaitGroup
 	defer background.Wait()
 	defer stopBackground()
-	s.startBackground(bg, &background)
-
 	servers := []server{s.authServer(opsLn == nil)}
+	s.startBackground(bg, &background, servers[0])
 	listeners := []net.Listener{ln}
 	if opsLn != nil {
 		servers = append(servers, s.newServer(s.opsHandler()))
@@ -103,10 +102,14 @@ func (s *service) serve(ctx context.Context, ln, opsLn net.Listener) error {
 	return nil
 }
 
-// startBackground starts the probes, the log flusher and the users
-// file's reloads, which run until ctx ends.
-func (s *service) startBackground(ctx context.Context, wg *sync.WaitGroup) {
+// startBackground starts the probes, the log flusher, the users file's
+// reloads and the memory release after a crowd of connections, which run
+// until ctx ends.
+func (s *service) startBackground(ctx context.Context, wg *sync.WaitGroup, auth server) {
 	wg.Go(func() { s.health.Run(ctx) })
+	if srv, ok := auth.(*http1.Server); ok {
+		wg.Go(func() { releaseAfterCrowd(ctx, srv.Open, crowdCheck, crowdGone) })
+	}
 	if s.logFlusher != nil {
 		wg.Go(func() { s.logFlusher(ctx) })
 	}
