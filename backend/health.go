@@ -304,7 +304,7 @@ func (h *Health) EndTrial(backend string) {
 }
 
 // Observe learns from a check that ran on backend, connecting to check
-// for client: a check the server answered (any outcome but Temporary)
+// for client: a check the server answered (OK, Rejected, Unsupported)
 // marks check's address up and ends a degraded spell; one that stalled
 // after the server accepted it (imapcheck.ErrStalled) counts towards
 // degraded.
@@ -313,7 +313,7 @@ func (h *Health) Observe(backend string, check Endpoint, client netip.Addr, outc
 		return
 	}
 	switch {
-	case outcome != imapcheck.Temporary:
+	case outcome == imapcheck.OK, outcome == imapcheck.Rejected, outcome == imapcheck.Unsupported:
 		h.answered(backend, check)
 	case errors.Is(err, imapcheck.ErrStalled):
 		h.stalled(backend, client, err)

@@ -101,13 +101,14 @@ func newConnMetrics(reg prometheus.Registerer, srv *http1.Server, limit int) *co
 func (m *connMetrics) drop(r http1.DropReason) { m.dropped.WithLabelValues(r.String()).Inc() }
 
 // acceptFrom is the accept filter for IMAPGATE_ALLOW_FROM: nil, accepting
-// every peer, when the list is empty.
+// every peer, when the list is empty. A unix socket's peers are whoever
+// its file permissions let in.
 func acceptFrom(s *settings) func(net.Addr) bool {
 	if len(s.AllowFrom) == 0 {
 		return nil
 	}
 	nets := s.AllowFrom
-	return func(remote net.Addr) bool { return auth.PeerIn(nets, remote) }
+	return func(remote net.Addr) bool { return remote.Network() == "unix" || auth.PeerIn(nets, remote) }
 }
 
 // A crowd is at least crowdSize connections at once; it has gone when at
