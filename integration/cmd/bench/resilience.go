@@ -85,9 +85,10 @@ func (b *bench) hostileFigure(ctx context.Context, f *resilienceFigures) error {
 	f.hostileAnswers = map[string]int{}
 	var mu sync.Mutex
 	closedLoop(hostileLoginConc, time.Minute, hostileLogins/hostileLoginConc, func(w, i int) error {
-		user := []string{"gary", "rita"}[(w+i)%2] // the greeting's backend, the reply's
-		// Each from a network of its own, so that the guessing limits
-		// (which count checks in flight per network) let every one through.
+		// The greeting's backend (g…) or the reply's; a user and a network
+		// of its own each, so that the guessing limits (which count checks
+		// in flight per user and per network) let every one through.
+		user := fmt.Sprintf("%c%d-%d", "gr"[(w+i)%2], w, i)
 		status, err := authOnce(addr, authRequestFrom(ipResilience, user, fmt.Sprintf("pw-%d-%d", w, i), fmt.Sprintf("10.%d.%d.7", w, i)))
 		if err != nil {
 			status = "error: " + err.Error()
