@@ -90,7 +90,7 @@ func TestHandlerCacheSavesBackendLogins(t *testing.T) {
 	// Another password is checked, and a refusal drops the cached one:
 	// it may mean the password was changed.
 	v.outcome = imapcheck.Rejected
-	if w := serve(t, h, nginxHeader("Auth-Pass", "other")); w.Header().Get("Auth-Status") != StatusInvalid {
+	if w := serve(t, h, nginxHeader("Auth-Pass", "other")); w.Header().Get("Auth-Status") != imapInvalid {
 		t.Fatalf("answer %v", w.Header())
 	}
 	v.outcome = imapcheck.OK
@@ -222,7 +222,7 @@ func TestHandlerSlotWaitEnds(t *testing.T) {
 		go serve(t, h, nginxHeader("Auth-Pass", "one"))
 		synctest.Wait()
 		w := serve(t, h, nginxHeader("Auth-Pass", "two")) // waits a fake second
-		if got := w.Header().Get("Auth-Status"); got != StatusTemporary {
+		if got := w.Header().Get("Auth-Status"); got != imapTemporary {
 			t.Errorf("no slot until the deadline: Auth-Status %q", got)
 		}
 		close(release)

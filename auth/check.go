@@ -44,7 +44,8 @@ func (t target) cacheKey(a *attempt) cacheKey {
 // backend is free.
 func (h *Handler) verify(ctx context.Context, a *attempt, t target) checkResult {
 	key := t.cacheKey(a)
-	hit := h.cache.hit(key, a.sum)
+	// A trial must reach the backend: that is what it is for.
+	hit := !t.trial && h.cache.hit(key, a.sum)
 	if h.cache != nil {
 		h.Metrics.cacheLookup(hit)
 	}
@@ -83,6 +84,11 @@ func (h *Handler) check(ctx context.Context, a *attempt, t target) checkResult {
 			err: fmt.Errorf("%w: waiting for one of the %d of backend %s: %w", errNoSlot, h.MaxChecks, t.backend.Name, err)}
 	}
 	defer release()
+	if t.trial && h.TrialTimeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, h.TrialTimeout)
+		defer cancel()
+	}
 	start := time.Now()
 	done := h.Metrics.checkStarted(t.backend.Name, string(t.proto))
 	outcome, err := h.Verifier.Verify(ctx, imapcheck.Request{
@@ -96,6 +102,9 @@ func (h *Handler) check(ctx context.Context, a *attempt, t target) checkResult {
 		ClientIP:   a.req.ClientIP,
 	})
 	done(outcome.String())
+	if h.Health != nil {
+		h.Health.Observe(t.backend.Name, t.check, a.req.ClientIP, outcome, err)
+	}
 	return checkResult{outcome: outcome, err: err, took: time.Since(start)}
 }
 

@@ -29,10 +29,18 @@ type Resolver interface {
 	Resolve(ctx context.Context, host string) (netip.Addr, error)
 }
 
-// Health tells whether a backend's address for a protocol is up;
-// *backend.Health is the real one.
+// Health tells whether a check on a backend may run, and learns from the
+// checks that do; *backend.Health is the real one.
 type Health interface {
-	Up(backend string, proto imapcheck.Protocol) bool
+	// Admit says whether a check on backend, connecting to check, may run
+	// for a login over protos; trial says it runs although the backend
+	// is marked down or degraded (the caller then calls EndTrial), and
+	// degraded why it may not.
+	Admit(backend string, check backend.Endpoint, protos ...imapcheck.Protocol) (ok, trial, degraded bool)
+	// EndTrial ends a trial Admit allowed.
+	EndTrial(backend string)
+	// Observe learns from a check's result.
+	Observe(backend string, check backend.Endpoint, client netip.Addr, outcome imapcheck.Outcome, err error)
 	// Recheck asks for a probe soon, without waiting for it.
 	Recheck()
 }
@@ -86,8 +94,12 @@ type Handler struct {
 	// Metrics, when set, records what the handler does.
 	Metrics *Metrics
 	// Health, when set, says which backends answer their probes; a login
-	// for a backend known to be down fails fast as temporary.
+	// for a backend known to be down or degraded fails fast as temporary,
+	// but for one trial at a time, bounded by TrialTimeout.
 	Health Health
+	// TrialTimeout bounds a trial check on a backend marked down or
+	// degraded; 0 means only Timeout does.
+	TrialTimeout time.Duration
 	// AllowFrom, when not empty, lists the networks requests may come
 	// from (nginx's addresses); others get HTTP 403.
 	AllowFrom []netip.Prefix
@@ -188,8 +200,15 @@ func (h *Handler) admit(r *http1.Request) (Verdict, bool) {
 
 // peerAllowed reports whether the request's peer is in AllowFrom.
 func (h *Handler) peerAllowed(remote net.Addr) bool {
-	if len(h.AllowFrom) == 0 || remote.Network() == "unix" {
-		// A unix socket's peers are who its file permissions let in.
+	return len(h.AllowFrom) == 0 || PeerIn(h.AllowFrom, remote)
+}
+
+// PeerIn reports whether remote's address is in one of nets. The server
+// asks it at accept, before a byte is read; the handler asks it again of
+// every request, for servers that cannot. A unix socket's peers are who
+// its file permissions let in, so they are always in.
+func PeerIn(nets []netip.Prefix, remote net.Addr) bool {
+	if remote.Network() == "unix" {
 		return true
 	}
 	var ip netip.Addr
@@ -200,7 +219,7 @@ func (h *Handler) peerAllowed(remote net.Addr) bool {
 	} else {
 		return false
 	}
-	for _, p := range h.AllowFrom {
+	for _, p := range nets {
 		if p.Contains(ip) {
 			return true
 		}

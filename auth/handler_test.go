@@ -152,7 +152,7 @@ func TestHandlerOutcomes(t *testing.T) {
 			header:  nginxHeader(),
 			outcome: imapcheck.Rejected,
 			err:     errors.New("NO [AUTHENTICATIONFAILED] Authentication failed."),
-			want:    map[string]string{"Auth-Status": StatusInvalid, "Auth-Wait": "2", "Auth-Server": "", "Auth-Error-Code": ""},
+			want:    map[string]string{"Auth-Status": imapInvalid, "Auth-Wait": "2", "Auth-Server": "", "Auth-Error-Code": ""},
 		},
 		{
 			name:    "wrong password, smtp",
@@ -164,34 +164,34 @@ func TestHandlerOutcomes(t *testing.T) {
 			name:    "wait grows, then stops so nginx closes the session",
 			header:  nginxHeader("Auth-Login-Attempt", "4"),
 			outcome: imapcheck.Rejected,
-			want:    map[string]string{"Auth-Status": StatusInvalid, "Auth-Wait": "8"},
+			want:    map[string]string{"Auth-Status": imapInvalid, "Auth-Wait": "8"},
 		},
 		{
 			name:    "no wait after ten attempts",
 			header:  nginxHeader("Auth-Login-Attempt", "10"),
 			outcome: imapcheck.Rejected,
-			want:    map[string]string{"Auth-Status": StatusInvalid, "Auth-Wait": ""},
+			want:    map[string]string{"Auth-Status": imapInvalid, "Auth-Wait": ""},
 		},
 		{
 			name:    "unknown user looks like a wrong password, backend not asked",
 			noCheck: true,
 			header:  nginxHeader("Auth-User", "bob"),
 			outcome: imapcheck.OK,
-			want:    map[string]string{"Auth-Status": StatusInvalid, "Auth-Wait": "2"},
+			want:    map[string]string{"Auth-Status": imapInvalid, "Auth-Wait": "2"},
 		},
 		{
 			name:    "empty password not sent to the backend",
 			noCheck: true,
 			header:  nginxHeader("Auth-Pass", ""),
 			outcome: imapcheck.OK,
-			want:    map[string]string{"Auth-Status": StatusInvalid},
+			want:    map[string]string{"Auth-Status": imapInvalid},
 		},
 		{
 			name:    "backend down is temporary",
 			header:  nginxHeader(),
 			outcome: imapcheck.Temporary,
 			err:     errors.New("dial tcp 192.0.2.22:143: connect: connection refused"),
-			want:    map[string]string{"Auth-Status": StatusTemporary, "Auth-Wait": "3", "Auth-Server": ""},
+			want:    map[string]string{"Auth-Status": imapTemporary, "Auth-Wait": "3", "Auth-Server": ""},
 		},
 		{
 			name:    "backend down, smtp",
@@ -203,7 +203,7 @@ func TestHandlerOutcomes(t *testing.T) {
 			name:    "check unsupported is not a wrong password",
 			header:  nginxHeader(),
 			outcome: imapcheck.Unsupported,
-			want:    map[string]string{"Auth-Status": StatusTemporary},
+			want:    map[string]string{"Auth-Status": imapTemporary},
 		},
 		{
 			name:    "backend without smtp",
@@ -352,7 +352,7 @@ func TestHandlerCertificateErrorIsLoud(t *testing.T) {
 	var log bytes.Buffer
 	h := newTestHandler(t, v, &log)
 	w := serve(t, h, nginxHeader())
-	if w.Header().Get("Auth-Status") != StatusTemporary {
+	if w.Header().Get("Auth-Status") != imapTemporary {
 		t.Errorf("Auth-Status = %q", w.Header().Get("Auth-Status"))
 	}
 	if !strings.Contains(log.String(), "level=ERROR") || !strings.Contains(log.String(), "certificate not trusted") {
@@ -414,7 +414,7 @@ func TestHandlerUncarriableCredentials(t *testing.T) {
 		nginxHeader("Auth-Pass", "nul%00byte"),
 	} {
 		w := serve(t, h, hdr)
-		if got := w.Header().Get("Auth-Status"); got != StatusInvalid {
+		if got := w.Header().Get("Auth-Status"); !strings.HasSuffix(got, "] "+StatusInvalid) {
 			t.Errorf("Auth-Status %q for %v", got, hdr)
 		}
 	}

@@ -25,7 +25,7 @@ func TestHandlerLimitsGuessing(t *testing.T) {
 
 	for i := range 40 {
 		w := serve(t, h, nginxHeader("Auth-Pass", fmt.Sprintf("guess%d", i), "Client-IP", "203.0.113.50"))
-		if got := w.Header().Get("Auth-Status"); got != StatusInvalid {
+		if got := w.Header().Get("Auth-Status"); got != imapInvalid && got != imapThrottled {
 			t.Fatalf("guess %d: Auth-Status %q", i, got)
 		}
 	}
@@ -60,7 +60,8 @@ func TestHandlerDelayedCounts(t *testing.T) {
 		w := serve(t, h, nginxHeader("Auth-Protocol", "smtp", "Client-Host", "[UNAVAILABLE]", "Auth-Pass", fmt.Sprintf("guess%d", i), "Client-IP", "203.0.113.50"))
 		want, code := StatusTemporary, string(SMTPTemporary)
 		if i >= limits.PerPair {
-			want, code = StatusInvalid, string(SMTPInvalid)
+			// Throttled: the password is not called wrong.
+			want, code = StatusThrottled, string(SMTPThrottled)
 		}
 		if got := w.Header().Get("Auth-Status"); got != want || w.Header().Get("Auth-Error-Code") != code {
 			t.Fatalf("guess %d: %q %q, want %q %q", i, got, w.Header().Get("Auth-Error-Code"), want, code)
@@ -141,7 +142,7 @@ func TestHandlerConcurrentGuesses(t *testing.T) {
 		t.Errorf("32 concurrent guesses got %d checks, want at most %d", checks-1, limits.PerPair)
 	}
 	for s := range statuses {
-		if s != StatusInvalid {
+		if s != imapInvalid && s != imapThrottled {
 			t.Errorf("a concurrent guess was answered %q", s)
 		}
 	}

@@ -63,6 +63,9 @@ type target struct {
 	// proto is the protocol the check logs in with; check its address.
 	proto imapcheck.Protocol
 	check backend.Endpoint
+	// trial: the backend is marked down or degraded, and this check is
+	// the one allowed to find out whether it is back.
+	trial bool
 }
 
 // login verifies a cleartext login: guard (the guessing limits), route
@@ -81,6 +84,9 @@ func (h *Handler) login(ctx context.Context, req Request) Verdict {
 	t, v, ok := h.route(ctx, a)
 	if !ok {
 		return v
+	}
+	if t.trial {
+		defer h.Health.EndTrial(t.backend.Name)
 	}
 	res := h.verify(ctx, a, t)
 	if res.admitted {
@@ -135,14 +141,20 @@ func (h *Handler) route(ctx context.Context, a *attempt) (target, Verdict, bool)
 		v.Reason, v.Cause = ReasonNoCheckAddress, fmt.Errorf("no %s address", t.proto)
 		return t, v, false
 	}
-	if h.Health != nil && (!h.Health.Up(t.backend.Name, a.req.Protocol) || !h.Health.Up(t.backend.Name, t.proto)) {
-		// Known down: answer now rather than after a timeout, and never
-		// from the cache, since nginx could not reach the backend anyway.
-		// The client retries after Auth-Wait; by then a fresh probe has
-		// seen the backend back, if it is.
-		h.Health.Recheck()
-		v.Reason = ReasonBackendDown
-		return t, v, false
+	if h.Health != nil {
+		admitted, trial, degraded := h.Health.Admit(t.backend.Name, t.check, a.req.Protocol, t.proto)
+		if !admitted {
+			// Known down, or degraded, and a trial is already finding
+			// out: answer now rather than after a timeout, and never from
+			// the cache, since nginx could not reach the backend anyway.
+			h.Health.Recheck()
+			v.Reason = ReasonBackendDown
+			if degraded {
+				v.Reason = ReasonBackendDegraded
+			}
+			return t, v, false
+		}
+		t.trial = trial
 	}
 	if err := imapcheck.Carries(t.proto, a.req.User, a.req.Password); err != nil {
 		// Such a password cannot be typed through nginx's line-based
@@ -205,6 +217,10 @@ func (h *Handler) conclude(ctx context.Context, a *attempt, t target, res checkR
 		v.Reason = ReasonUntrustedCert
 	case errors.Is(res.err, errNoSlot):
 		v.Reason = ReasonNoCheckSlot
+	case errors.Is(res.err, imapcheck.ErrOversized):
+		v.Reason = ReasonOversized
+	case errors.Is(res.err, imapcheck.ErrStalled):
+		v.Reason = ReasonStalled
 	}
 	return v
 }

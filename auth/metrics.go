@@ -18,6 +18,7 @@ type Metrics struct {
 	inFlight      prometheus.Gauge
 	backendUp     *prometheus.GaugeVec
 	directoryUp   *prometheus.GaugeVec
+	degraded      *prometheus.GaugeVec
 }
 
 // NewMetrics creates the series and registers them with reg.
@@ -54,12 +55,16 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "imapgate_backend_up",
 			Help: "1 when the backend's address for the protocol answered its last probe, else 0.",
 		}, []string{"backend", "protocol"}),
+		degraded: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "imapgate_backend_degraded",
+			Help: "1 while the backend greets but its logins stall (checks fail fast but for one trial at a time), else 0.",
+		}, []string{"backend"}),
 	}
 	m.directoryUp = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "imapgate_directory_up",
 		Help: "1 when the routing directory (sql, ldap) answered its last lookup or probe, else 0.",
 	}, []string{"directory"})
-	reg.MustRegister(m.requests, m.checkDuration, m.cache, m.coalesced, m.throttled, m.inFlight, m.backendUp, m.directoryUp)
+	reg.MustRegister(m.requests, m.checkDuration, m.cache, m.coalesced, m.throttled, m.inFlight, m.backendUp, m.directoryUp, m.degraded)
 	// Every cache result exists from the start, so rate() works at once.
 	m.cache.WithLabelValues("hit")
 	m.cache.WithLabelValues("miss")
@@ -76,6 +81,19 @@ func (m *Metrics) BackendUp(backend, protocol string, up bool) {
 		v = 1
 	}
 	m.backendUp.WithLabelValues(backend, protocol).Set(v)
+}
+
+// BackendDegraded records that a backend turned degraded, or answers
+// again.
+func (m *Metrics) BackendDegraded(backend string, degraded bool) {
+	if m == nil {
+		return
+	}
+	v := 0.0
+	if degraded {
+		v = 1
+	}
+	m.degraded.WithLabelValues(backend).Set(v)
 }
 
 // request counts an answered request by its protocol and verdict.

@@ -4,6 +4,7 @@ import (
 	"github.com/imapgate/imapgate/auth/state"
 
 	"bytes"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -11,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/imapgate/imapgate/backend"
 	"github.com/imapgate/imapgate/imapcheck"
 )
 
@@ -72,11 +74,15 @@ func TestMetrics(t *testing.T) {
 	}
 }
 
-// downHealth reports every backend down.
+// downHealth reports every backend down, with a trial running.
 type downHealth struct{}
 
-func (downHealth) Up(string, imapcheck.Protocol) bool { return false }
-func (downHealth) Recheck()                           {}
+func (downHealth) Admit(string, backend.Endpoint, ...imapcheck.Protocol) (bool, bool, bool) {
+	return false, false, false
+}
+func (downHealth) EndTrial(string)                                                        {}
+func (downHealth) Observe(string, backend.Endpoint, netip.Addr, imapcheck.Outcome, error) {}
+func (downHealth) Recheck()                                                               {}
 
 func TestHandlerBackendKnownDown(t *testing.T) {
 	v := &fakeVerifier{outcome: imapcheck.OK}
@@ -86,7 +92,7 @@ func TestHandlerBackendKnownDown(t *testing.T) {
 	serve(t, h, nginxHeader()) // cached now
 	h.Health = downHealth{}
 	w := serve(t, h, nginxHeader())
-	if w.Header().Get("Auth-Status") != StatusTemporary {
+	if w.Header().Get("Auth-Status") != imapTemporary {
 		t.Errorf("login for a backend known down: %v", w.Header())
 	}
 	if len(v.calls) != 1 {

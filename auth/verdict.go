@@ -78,6 +78,9 @@ const (
 	ReasonNotServed          Reason = "backend does not serve the protocol"
 	ReasonNoCheckAddress     Reason = "backend has no address to verify with"
 	ReasonBackendDown        Reason = "backend down (last probe failed)"
+	ReasonBackendDegraded    Reason = "backend degraded (greets, but logins stall)"
+	ReasonOversized          Reason = "backend sent more than a check reads"
+	ReasonStalled            Reason = "backend stopped answering"
 	ReasonUncarriable        Reason = "credentials the check protocol cannot carry"
 	ReasonBackendRefused     Reason = "backend refused the credentials"
 	ReasonCannotVerify       Reason = "backend cannot verify this login"
@@ -139,11 +142,14 @@ type Verdict struct {
 // The Auth-Status texts imapgate sends. nginx shows them to the mail
 // client verbatim (IMAP "NO <text>", POP3 "-ERR <text>", SMTP
 // "<Auth-Error-Code> <text>"), so they are fixed and reveal nothing about
-// why a login failed: the reason goes to imapgate's log only.
+// why a login failed: the reason goes to imapgate's log only. A failure
+// is sent with its response code in front for IMAP and POP3 (see
+// Failure.Status).
 const (
 	StatusOK           = "OK"
 	StatusInvalid      = "Invalid login or password"
 	StatusTemporary    = "Temporary server problem, try again later"
+	StatusThrottled    = "Too many failed logins, try again later"
 	StatusMethod       = "Authentication method not supported, use a cleartext login (LOGIN or PLAIN)"
 	StatusAuthRequired = "Authentication required"
 	// StatusMalformed answers a request nginx would never send; it reads
@@ -159,9 +165,52 @@ type SMTPCode string
 const (
 	SMTPInvalid      SMTPCode = "535 5.7.8"
 	SMTPTemporary    SMTPCode = "451 4.3.0"
+	SMTPThrottled    SMTPCode = "454 4.7.0"
 	SMTPMethod       SMTPCode = "504 5.5.4"
 	SMTPAuthRequired SMTPCode = "530 5.7.0"
 )
+
+// Failure is a failed login as the mail client is told it: a text, and
+// the response code that tells the client what to do about it, in its
+// protocol's terms. A client told AUTHENTICATIONFAILED may ask its user
+// for a new password; one told UNAVAILABLE keeps the saved one and tries
+// again later, which is what a throttled or a temporary failure needs.
+type Failure struct {
+	// Text is the human-readable part.
+	Text string
+	// IMAPCode is the IMAP response code (RFC 5530), POP3Code the POP3
+	// one (RFC 2449 section 8, RFC 3206); empty sends none.
+	IMAPCode, POP3Code string
+	// SMTP is sent in Auth-Error-Code (RFC 4954 section 6).
+	SMTP SMTPCode
+}
+
+// The failures imapgate answers with.
+var (
+	FailInvalid      = Failure{Text: StatusInvalid, IMAPCode: "AUTHENTICATIONFAILED", POP3Code: "AUTH", SMTP: SMTPInvalid}
+	FailTemporary    = Failure{Text: StatusTemporary, IMAPCode: "UNAVAILABLE", POP3Code: "SYS/TEMP", SMTP: SMTPTemporary}
+	FailThrottled    = Failure{Text: StatusThrottled, IMAPCode: "UNAVAILABLE", POP3Code: "SYS/TEMP", SMTP: SMTPThrottled}
+	FailMethod       = Failure{Text: StatusMethod, SMTP: SMTPMethod}
+	FailAuthRequired = Failure{Text: StatusAuthRequired, SMTP: SMTPAuthRequired}
+)
+
+// Status is the Auth-Status for a client of proto: the text, with the
+// protocol's response code in front. nginx puts Auth-Status after "NO "
+// (IMAP) or "-ERR " (POP3) as it is, so a leading "[CODE] " reaches the
+// client as a real response code; SMTP's code goes in Auth-Error-Code.
+func (f Failure) Status(proto imapcheck.Protocol) string {
+	code := ""
+	switch proto {
+	case imapcheck.IMAP:
+		code = f.IMAPCode
+	case imapcheck.POP3:
+		code = f.POP3Code
+	}
+	if code == "" {
+		return f.Text
+	}
+	return "[" + code + "] " + f.Text
+}
 
 // Header names of the protocol.
 const (
@@ -197,34 +246,45 @@ type answer struct {
 
 // answer derives nginx's answer to req from v.
 func (v Verdict) answer(req Request) answer {
-	a := answer{code: http.StatusOK}
+	var f Failure
 	switch {
 	case v.Outcome == OutcomeOK:
 		return answer{code: http.StatusOK, status: StatusOK, server: v.Server, port: v.Port}
+	case v.Outcome == OutcomeForbidden:
+		return answer{code: http.StatusForbidden}
+	case v.Outcome == OutcomeMalformed, v.Outcome == 0:
+		// The protocol is not known, so no code goes with the text.
+		return answer{code: http.StatusBadRequest, status: StatusMalformed}
 	case v.Outcome == OutcomeRejected:
-		a.status, a.smtp, a.wait = StatusInvalid, SMTPInvalid, rejectedWait(req.Attempt, v.Tried, v.Held)
+		f = FailInvalid
 	case v.Outcome == OutcomeThrottled:
+		// The password was not checked, so it is not called wrong: the
+		// client keeps it and tries again later.
+		f = FailThrottled
+	case v.Outcome == OutcomeUnsupported && v.Reason == ReasonMethod:
+		f = FailMethod
+	case v.Outcome == OutcomeRefused:
+		f = FailAuthRequired
+	default: // OutcomeTemporary, OutcomeDelayed, OutcomeUnsupported
+		// A backend that cannot verify the login, or held its answer, is
+		// not the user's wrong password, so it is not reported as one.
+		f = FailTemporary
+	}
+	a := answer{code: http.StatusOK, status: f.Status(req.Protocol)}
+	switch f {
+	case FailInvalid:
+		a.wait = rejectedWait(req.Attempt, v.Tried, v.Held)
+	case FailThrottled:
 		// No Auth-Wait: nginx closes the session at once. Nothing tried in
 		// it could pass before the window ends, and a session held open
 		// costs nginx memory; a guesser who reconnects costs one answer
 		// that asks no backend.
-		a.status, a.smtp = StatusInvalid, SMTPInvalid
-	case v.Outcome == OutcomeUnsupported && v.Reason == ReasonMethod:
-		a.status, a.smtp = StatusMethod, SMTPMethod
-	case v.Outcome == OutcomeTemporary, v.Outcome == OutcomeUnsupported, v.Outcome == OutcomeDelayed:
-		// A backend that cannot verify the login is not the user's wrong
-		// password, so it is not reported as one.
-		a.status, a.smtp, a.wait = StatusTemporary, SMTPTemporary, temporaryWait(req.Attempt)
-	case v.Outcome == OutcomeRefused:
-		a.status, a.smtp = StatusAuthRequired, SMTPAuthRequired
-	case v.Outcome == OutcomeForbidden:
-		return answer{code: http.StatusForbidden}
-	default: // OutcomeMalformed
-		a.code, a.status = http.StatusBadRequest, StatusMalformed
+	case FailTemporary:
+		a.wait = temporaryWait(req.Attempt)
 	}
-	if req.Protocol != imapcheck.SMTP {
+	if req.Protocol == imapcheck.SMTP {
 		// nginx ignores Auth-Error-Code for the other protocols.
-		a.smtp = ""
+		a.smtp = f.SMTP
 	}
 	return a
 }

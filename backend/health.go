@@ -4,8 +4,11 @@ import (
 	"github.com/imapgate/imapgate/imapcheck"
 
 	"context"
+	"errors"
 	"fmt"
 	"net"
+	"net/netip"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -32,12 +35,36 @@ type Health struct {
 	// OnChange, when set, is called when a backend's address turns up or
 	// down (and after its first probe), from the probing goroutine.
 	OnChange func(backend string, proto imapcheck.Protocol, addr string, up bool, err error)
+	// DegradeAfter is how many checks in a row, each for a different
+	// client, that stall after the backend accepted their connection
+	// (imapcheck.ErrStalled) mark it degraded; 0 means
+	// DefaultDegradeAfter, negative never. Different clients, so that one
+	// guesser slowed down by the backend's own penalty cannot degrade it
+	// for everyone; any answered check ends the run.
+	DegradeAfter int
+	// OnDegraded, when set, is called when a backend turns degraded or
+	// answers again; err is the last stall.
+	OnDegraded func(backend string, degraded bool, err error)
 
 	pokeOnce sync.Once
 	poke     chan struct{} // asks Run for a round now; see Recheck
 
-	mu    sync.Mutex
-	state map[healthKey]bool // absent: not probed yet
+	mu       sync.Mutex
+	state    map[healthKey]bool // absent: not probed yet
+	checks   map[string]*checkState
+	inTrials map[string]bool // a trial check runs on the backend
+}
+
+// DefaultDegradeAfter is Health.DegradeAfter when zero.
+const DefaultDegradeAfter = 3
+
+// checkState is what the checks on one backend have taught: the run of
+// stalled checks, by client, and whether that made it degraded.
+type checkState struct {
+	stalledFor []netip.Addr // the clients of the stalls in a row
+	degraded   bool
+	lastStall  error
+	lastTrial  time.Time // of a trial while degraded
 }
 
 // DefaultProbeInterval is the time between probe rounds when
@@ -103,6 +130,11 @@ func (h *Health) Ready() (bool, []string) {
 			missing = append(missing, t.describe()+" down")
 		}
 	}
+	for name, cs := range h.checks {
+		if cs.degraded {
+			missing = append(missing, fmt.Sprintf("%s degraded (greets, but %d logins in a row stalled)", name, len(cs.stalledFor)))
+		}
+	}
 	sort.Strings(missing)
 	return len(missing) == 0, missing
 }
@@ -137,11 +169,7 @@ func (h *Health) targets() []probeTarget {
 // Run probes every Interval until ctx ends. It probes once at once, so
 // that readiness is known as soon as possible.
 func (h *Health) Run(ctx context.Context) {
-	interval := h.Interval
-	if interval <= 0 {
-		interval = DefaultProbeInterval
-	}
-	t := time.NewTicker(interval)
+	t := time.NewTicker(h.interval())
 	defer t.Stop()
 	poke := h.pokeChan()
 	for {
@@ -161,6 +189,13 @@ func (h *Health) Run(ctx context.Context) {
 			}
 		}
 	}
+}
+
+func (h *Health) interval() time.Duration {
+	if h.Interval <= 0 {
+		return DefaultProbeInterval
+	}
+	return h.Interval
 }
 
 // ProbeAll probes every address once, concurrently, and returns when all
@@ -214,4 +249,140 @@ func (h *Health) probe(ctx context.Context, t probeTarget) error {
 	deadline, _ := ctx.Deadline()
 	conn.SetDeadline(deadline)
 	return imapcheck.ReadGreeting(conn, t.key.proto)
+}
+
+// Admit says whether a check on backend, connecting to check, may run
+// now, for a login over protos (the client's protocol and the check's).
+// It may when the backend's addresses for protos answered their last
+// probe and the backend is not degraded. When the only addresses down are
+// check itself, one check at a time may run anyway as a trial (trial
+// true; the caller calls EndTrial when it is done), so that a backend
+// that has come back is used at once, not at the next probe. A degraded
+// backend gets one trial per probe Interval, since a trial there costs a
+// stall. Otherwise ok is false, and degraded says whether that is why.
+func (h *Health) Admit(backend string, check Endpoint, protos ...imapcheck.Protocol) (ok, trial, degraded bool) {
+	if h == nil {
+		return true, false, false
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	testable := true // every address down is the one the check tries
+	down := false
+	for _, t := range h.targets() {
+		if t.key.backend != backend || !slices.Contains(protos, t.key.proto) {
+			continue
+		}
+		if up, known := h.state[t.key]; known && !up {
+			down = true
+			testable = testable && t.addr == check
+		}
+	}
+	cs := h.checks[backend]
+	degraded = cs != nil && cs.degraded
+	switch {
+	case !down && !degraded:
+		return true, false, false
+	case down && !testable, h.inTrials[backend]:
+		return false, false, degraded
+	case degraded && time.Since(cs.lastTrial) < h.interval():
+		return false, false, true
+	case degraded:
+		cs.lastTrial = time.Now()
+	}
+	if h.inTrials == nil {
+		h.inTrials = make(map[string]bool)
+	}
+	h.inTrials[backend] = true
+	return true, true, degraded
+}
+
+// EndTrial ends the trial check Admit allowed on backend.
+func (h *Health) EndTrial(backend string) {
+	h.mu.Lock()
+	delete(h.inTrials, backend)
+	h.mu.Unlock()
+}
+
+// Observe learns from a check that ran on backend, connecting to check
+// for client: a check the server answered (OK, Rejected, Unsupported)
+// marks check's address up and ends a degraded spell; one that stalled
+// after the server accepted it (imapcheck.ErrStalled) counts towards
+// degraded.
+func (h *Health) Observe(backend string, check Endpoint, client netip.Addr, outcome imapcheck.Outcome, err error) {
+	if h == nil {
+		return
+	}
+	switch {
+	case outcome == imapcheck.OK, outcome == imapcheck.Rejected, outcome == imapcheck.Unsupported:
+		h.answered(backend, check)
+	case errors.Is(err, imapcheck.ErrStalled):
+		h.stalled(backend, client, err)
+	}
+}
+
+// answered records a check the server answered.
+func (h *Health) answered(backend string, check Endpoint) {
+	var cameBack []probeTarget
+	h.mu.Lock()
+	for _, t := range h.targets() {
+		if t.key.backend == backend && t.addr == check {
+			if up, known := h.state[t.key]; known && !up {
+				cameBack = append(cameBack, t)
+			}
+		}
+	}
+	cs := h.checks[backend]
+	recovered := cs != nil && cs.degraded
+	if cs != nil {
+		cs.stalledFor, cs.degraded, cs.lastStall = cs.stalledFor[:0], false, nil
+	}
+	h.mu.Unlock()
+	for _, t := range cameBack {
+		h.record(t, nil)
+	}
+	if recovered && h.OnDegraded != nil {
+		h.OnDegraded(backend, false, nil)
+	}
+}
+
+// stalled records a check that stalled, for client.
+func (h *Health) stalled(backend string, client netip.Addr, err error) {
+	after := h.DegradeAfter
+	if after == 0 {
+		after = DefaultDegradeAfter
+	}
+	if after < 0 {
+		return
+	}
+	h.mu.Lock()
+	if h.checks == nil {
+		h.checks = make(map[string]*checkState)
+	}
+	cs := h.checks[backend]
+	if cs == nil {
+		cs = &checkState{}
+		h.checks[backend] = cs
+	}
+	cs.lastStall = err
+	if !slices.Contains(cs.stalledFor, client) && len(cs.stalledFor) < after {
+		cs.stalledFor = append(cs.stalledFor, client)
+	}
+	turned := !cs.degraded && len(cs.stalledFor) >= after
+	if turned {
+		// The stall that degraded it counts as its trial: the next one
+		// is a probe Interval away.
+		cs.degraded, cs.lastTrial = true, time.Now()
+	}
+	h.mu.Unlock()
+	if turned && h.OnDegraded != nil {
+		h.OnDegraded(backend, true, err)
+	}
+}
+
+// Degraded reports whether backend is degraded.
+func (h *Health) Degraded(backend string) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	cs := h.checks[backend]
+	return cs != nil && cs.degraded
 }

@@ -67,7 +67,12 @@ type UsersFile struct {
 
 	table atomic.Pointer[map[string]*Backend]
 
-	// mu serialises reloads (SIGHUP and Watch may race) and guards loaded.
+	// Settle is how long the file must hold still before a reload reads
+	// it; 0 means DefaultSettle. Set it before Watch or Reload runs.
+	Settle time.Duration
+
+	// mu serialises reloads (SIGHUP and Watch share one guard) and
+	// guards loaded.
 	mu sync.Mutex
 	// loaded identifies the file version last read, good or bad, so that
 	// Watch neither reloads nor re-logs an unchanged file.
@@ -111,14 +116,33 @@ func (u *UsersFile) Len() int {
 	return len(*u.table.Load())
 }
 
-// Reload rereads the file now (on SIGHUP). When the file cannot be read or
-// parsed, the last good table stays in use and the error is logged and
-// returned.
-func (u *UsersFile) Reload() error {
+// DefaultSettle is how long a users file must hold still before it is
+// read, when UsersFile.Settle is zero.
+const DefaultSettle = time.Second
+
+// maxSettleRounds bounds the wait for a file that keeps changing: after
+// that many Settle periods the reload is given up, and logged.
+const maxSettleRounds = 30
+
+// shrinkFraction is the part of the loaded users a new version of the
+// file must keep to be installed at once; with fewer it is installed only
+// if it is still the same a Settle later (a second look), since a file
+// being rewritten in place looks like that for a moment.
+const shrinkFraction = 0.9
+
+// Reload rereads the file (on SIGHUP) through the same guard as Watch: it
+// waits until the file has held still for Settle, reads it, and reads
+// again if it changed meanwhile; a version that lists no users where the
+// table has some is refused, and one that lists fewer than nine in ten of
+// them is installed only on a second look, a Settle later. When the file
+// cannot be read or parsed, or is refused, the last good table stays in
+// use and the error is logged and returned. It returns early when ctx
+// ends.
+func (u *UsersFile) Reload(ctx context.Context) error {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	err := u.load()
-	if err != nil {
+	err := u.reload(ctx)
+	if err != nil && ctx.Err() == nil {
 		u.logFailure(err)
 	}
 	return err
@@ -134,30 +158,119 @@ func (u *UsersFile) logFailure(err error) {
 	u.logger.Warn("users file not reloaded; keeping the last good table", attrs...)
 }
 
+func (u *UsersFile) settle() time.Duration {
+	if u.Settle > 0 {
+		return u.Settle
+	}
+	return DefaultSettle
+}
+
+// reload is Reload's guard; u.mu is held.
+func (u *UsersFile) reload(ctx context.Context) error {
+	var shrunk fileStamp // the version that shrank at the first look
+	for range maxSettleRounds {
+		before, err := u.stat()
+		if err != nil {
+			return err
+		}
+		if err := sleep(ctx, u.settle()); err != nil {
+			return err
+		}
+		if now, err := u.stat(); err != nil {
+			return err
+		} else if now != before {
+			continue // still being written
+		}
+		table, read, err := u.read()
+		switch {
+		case err != nil:
+			return err
+		case read != before:
+			continue // changed while it was read
+		case len(table) == 0 && u.Len() > 0:
+			return &ParseError{File: u.path, Reason: fmt.Sprintf("lists no users, where %d are loaded: refused, since a file being rewritten looks like that (to start with no users, restart imapgate)", u.Len())}
+		case float64(len(table)) < shrinkFraction*float64(u.Len()) && read != shrunk:
+			u.logger.Warn("users file shrank; taking a second look before installing it",
+				"users", u.Len(), "new_users", len(table), "in", u.settle().String())
+			shrunk = read
+			continue
+		}
+		u.install(table, read == shrunk)
+		return nil
+	}
+	return &ParseError{File: u.path, Reason: fmt.Sprintf("kept changing for %d periods of %s: not read (replace the file by rename)", maxSettleRounds, u.settle())}
+}
+
+// sleep waits d or until ctx ends.
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// stat returns the stamp of what the path names now.
+func (u *UsersFile) stat() (fileStamp, error) {
+	fi, err := os.Stat(u.path)
+	if err != nil {
+		return fileStamp{}, fmt.Errorf("users file: %w", err)
+	}
+	return stampOf(fi), nil
+}
+
 // load reads and parses the file and, when it is good, installs the new
-// table. u.mu must be held.
+// table: the first load, which has no table to guard. u.mu must be held.
 func (u *UsersFile) load() error {
+	table, _, err := u.read()
+	if err != nil {
+		return err
+	}
+	u.install(table, false)
+	return nil
+}
+
+// install makes table the one Select uses.
+func (u *UsersFile) install(table map[string]*Backend, secondLook bool) {
+	u.table.Store(&table)
+	if secondLook {
+		u.logger.Info("users file loaded", "users", len(table), "after", "a second look")
+		return
+	}
+	u.logger.Info("users file loaded", "users", len(table))
+}
+
+// read reads and parses the file, and returns the table and the stamp of
+// the version read, taken after reading: if the file was written to
+// meanwhile, the stamp differs from the one before. u.mu must be held.
+func (u *UsersFile) read() (map[string]*Backend, fileStamp, error) {
 	f, err := os.Open(u.path)
 	if err != nil {
-		return fmt.Errorf("users file: %w", err)
+		return nil, fileStamp{}, fmt.Errorf("users file: %w", err)
 	}
 	defer f.Close()
 	fi, err := f.Stat()
 	if err != nil {
-		return fmt.Errorf("users file: %w", err)
+		return nil, fileStamp{}, fmt.Errorf("users file: %w", err)
 	}
 	// Stamp what was opened, not what the path names later: if the file is
 	// replaced while being read, Watch sees the difference and reads again.
 	u.loaded = stampOf(fi)
 	if !fi.Mode().IsRegular() {
-		return &ParseError{File: u.path, Reason: "not a regular file"}
+		return nil, u.loaded, &ParseError{File: u.path, Reason: "not a regular file"}
 	}
 	data, err := io.ReadAll(io.LimitReader(f, MaxUsersFileSize+1))
 	if err != nil {
-		return fmt.Errorf("users file: %w", err)
+		return nil, u.loaded, fmt.Errorf("users file: %w", err)
 	}
 	if len(data) > MaxUsersFileSize {
-		return &ParseError{File: u.path, Reason: fmt.Sprintf("larger than %d bytes", MaxUsersFileSize)}
+		return nil, u.loaded, &ParseError{File: u.path, Reason: fmt.Sprintf("larger than %d bytes", MaxUsersFileSize)}
+	}
+	if fi, err = f.Stat(); err == nil {
+		u.loaded = stampOf(fi)
 	}
 	table, err := parseUsers(data, u.backends, u.lineDefault)
 	if err != nil {
@@ -165,11 +278,9 @@ func (u *UsersFile) load() error {
 		if errors.As(err, &pe) {
 			pe.File = u.path
 		}
-		return err
+		return nil, u.loaded, err
 	}
-	u.table.Store(&table)
-	u.logger.Info("users file loaded", "users", len(table))
-	return nil
+	return table, u.loaded, nil
 }
 
 // parseUsers parses the contents of a users file into a table keyed by
@@ -231,19 +342,18 @@ func parseUsers(data []byte, backends map[string]*Backend, lineDefault *Backend)
 // it needs no platform-specific code.
 //
 // A change is the modification time, size, inode or device differing
-// from the version last read. A change is acted on only once the status
-// has held still for one interval, so that a file being rewritten in
-// place is not read half-written. A rewrite keeping the size within the
-// file system's timestamp granularity can go unseen; Reload (SIGHUP)
-// forces a read. A broken or vanished file keeps the last good table and
-// is logged once per change.
+// from the version last read. It is read through Reload's guard, the
+// same as on SIGHUP: not before it has held still, and not installed if
+// it shrank too much at once. A rewrite keeping the size within the file
+// system's timestamp granularity can go unseen; Reload (SIGHUP) forces a
+// read. A broken or vanished file keeps the last good table and is
+// logged once per change.
 func (u *UsersFile) Watch(ctx context.Context, interval time.Duration) {
 	if interval <= 0 {
 		interval = time.Second
 	}
 	t := time.NewTicker(interval)
 	defer t.Stop()
-	var pending fileStamp // the changed status seen at the last tick
 	missing := false
 	for {
 		select {
@@ -251,30 +361,21 @@ func (u *UsersFile) Watch(ctx context.Context, interval time.Duration) {
 			return
 		case <-t.C:
 		}
-		fi, err := os.Stat(u.path)
+		now, err := u.stat()
 		if err != nil {
 			if !missing {
 				u.logger.Warn("users file unreadable; keeping the last good table", "err", err, "users", u.Len())
 				missing = true
 			}
-			pending = fileStamp{}
 			continue
 		}
 		missing = false
-		now := stampOf(fi)
 		u.mu.Lock()
 		changed := now != u.loaded
 		u.mu.Unlock()
-		if !changed {
-			pending = fileStamp{}
-			continue
+		if changed {
+			_ = u.Reload(ctx) // Reload logs its own failure.
 		}
-		if now != pending {
-			pending = now
-			continue
-		}
-		pending = fileStamp{}
-		_ = u.Reload() // Reload logs its own failure.
 	}
 }
 

@@ -180,8 +180,9 @@ func TestUsersFileReloadKeepsLastGood(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	uf.Settle = 10 * time.Millisecond
 	replaceFile(t, path, "alice mailhost03\nbob\n")
-	err = uf.Reload()
+	err = uf.Reload(context.Background())
 	var pe *ParseError
 	if !errors.As(err, &pe) || pe.Line != 2 || pe.File != path {
 		t.Fatalf("Reload = %v, want a ParseError for %s line 2", err, path)
@@ -196,7 +197,7 @@ func TestUsersFileReloadKeepsLastGood(t *testing.T) {
 	if err := os.Remove(path); err != nil {
 		t.Fatal(err)
 	}
-	if err := uf.Reload(); !errors.Is(err, os.ErrNotExist) {
+	if err := uf.Reload(context.Background()); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("Reload of a vanished file = %v, want not-exist", err)
 	}
 	if got := nameOf(uf, "alice"); got != "mailhost01" {
@@ -204,7 +205,7 @@ func TestUsersFileReloadKeepsLastGood(t *testing.T) {
 	}
 
 	replaceFile(t, path, "alice mailhost03\nbob mailhost02\n")
-	if err := uf.Reload(); err != nil {
+	if err := uf.Reload(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	if got := nameOf(uf, "alice") + "," + nameOf(uf, "bob"); got != "mailhost03,mailhost02" {
@@ -218,6 +219,7 @@ func TestUsersFileReloadKeepsLastGood(t *testing.T) {
 // startWatch runs Watch until the test ends, and waits for it to return so
 // that goleak and the test log see no stray goroutine.
 func startWatch(t *testing.T, uf *UsersFile) {
+	uf.Settle = 10 * time.Millisecond
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {

@@ -15,10 +15,10 @@ const maxGreetingLines = 16
 // ReadGreeting reads a server's greeting from conn, within conn's
 // deadline, and returns nil when it says the server is ready: IMAP "* OK"
 // or "* PREAUTH" (RFC 9051 section 7.1), POP3 "+OK" (RFC 1939 section 4),
-// SMTP "220" (RFC 5321 section 4.2). It reads at most a few KiB, however
-// long a line the server sends. It is the probe's half of a check.
+// SMTP "220" (RFC 5321 section 4.2). It reads at most 16 KiB, however
+// much the server sends (ErrOversized). It is the probe's half of a check.
 func ReadGreeting(conn net.Conn, proto Protocol) error {
-	_, e := readGreeting(bufio.NewReaderSize(conn, maxLine), proto)
+	_, e := readGreeting(bufio.NewReaderSize(newBudgetConn(conn, maxGreetingRead), maxLine), proto)
 	if e == nil || e.Outcome == Unsupported {
 		// Unsupported is PREAUTH: ready, though a check could not use it.
 		return nil

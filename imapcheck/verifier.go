@@ -50,6 +50,10 @@ type Verifier struct {
 	// slowing every user's check after one guesser's failures. A server
 	// that does not trust it ignores the address.
 	ForwardClientIP bool
+	// MaxRead bounds the bytes one check reads from the server, TLS
+	// records included; 0 means DefaultMaxRead. A server that sends more
+	// fails the check with ErrOversized.
+	MaxRead int
 }
 
 // Error is a failed verification. Its text carries the server's reply or the
@@ -64,9 +68,14 @@ type Error struct {
 	// Err is the underlying transport, TLS or protocol error, or why the
 	// check was refused; it may be nil. A failed certificate check
 	// unwraps to a *tls.CertificateVerificationError, a timeout to
-	// context.DeadlineExceeded. Should its text hold the password (a
-	// server echoing it), Err is a wrapper with the password scrubbed.
+	// context.DeadlineExceeded (and, once the server had accepted the
+	// connection, to ErrStalled), too much data to ErrOversized. Should
+	// its text hold the password (a server echoing it), Err is a wrapper
+	// with the password scrubbed.
 	Err error
+	// Greeted says the server had sent its greeting, so that a failure
+	// after it happened during the login itself.
+	Greeted bool
 }
 
 // Error returns the outcome, the server's reply and the underlying error.
@@ -127,18 +136,23 @@ func (v *Verifier) Verify(ctx context.Context, req Request) (Outcome, error) {
 	tr := newTranscript(v.Debug, req.Password)
 	defer tr.flush()
 
-	conn, err := v.dialer().DialContext(ctx, "tcp", req.Address)
+	dialed, err := v.dialer().DialContext(ctx, "tcp", req.Address)
 	if err != nil {
-		return Temporary, v.fail(ctx, req, &Error{Outcome: Temporary, Err: err})
+		return Temporary, v.fail(ctx, req, &Error{Outcome: Temporary, Err: err}, false)
 	}
 	// The conn is closed as soon as ctx ends; this is what cuts a stuck
 	// go-imap client, which owns the conn's deadlines (it has no context).
-	release := closeOnDone(ctx, conn)
+	release := closeOnDone(ctx, dialed)
 	defer release()
-	defer conn.Close()
+	defer dialed.Close()
+	conn := newBudgetConn(dialed, v.maxRead())
 
 	if e := v.login(ctx, req, conn, tr); e != nil {
-		return e.Outcome, v.fail(ctx, req, e)
+		if conn.exceeded() && !errors.Is(e.Err, ErrOversized) {
+			// go-imap's client does not wrap the read error it ends with.
+			e = &Error{Outcome: Temporary, Err: conn.err(), Greeted: e.Greeted}
+		}
+		return e.Outcome, v.fail(ctx, req, e, true)
 	}
 	return OK, nil
 }
@@ -168,6 +182,9 @@ func (v *Verifier) login(ctx context.Context, req Request, raw net.Conn, tr *tra
 		e = s.imap(ctx, greeting)
 	} else {
 		e = s.pop3(ctx, greeting)
+	}
+	if e != nil {
+		e.Greeted = true
 	}
 	return s.delayed(ctx, e)
 }
@@ -255,16 +272,32 @@ func Carries(proto Protocol, user, password string) error {
 	return nil
 }
 
+// ErrStalled is wrapped by the error of a check whose server accepted the
+// connection and then did not answer within the check's time: a TLS
+// handshake, a greeting or a login reply that never came. Error.Greeted
+// tells the last two apart.
+var ErrStalled = errors.New("server stopped answering")
+
 // fail finishes e for the caller: a failure caused by the deadline or by a
 // cancelled ctx says so, since the error seen on the wire is then only a
 // closed connection, and the password is scrubbed from every text.
-func (v *Verifier) fail(ctx context.Context, req Request, e *Error) *Error {
-	if (e.Outcome == Temporary || e.Outcome == Delayed) && e.Err != nil {
-		if cause := context.Cause(ctx); cause != nil {
-			e.Err = fmt.Errorf("%w: %w", cause, e.Err)
-		} else if errors.Is(e.Err, os.ErrDeadlineExceeded) {
+// connected says the server had accepted the connection.
+func (v *Verifier) fail(ctx context.Context, req Request, e *Error, connected bool) *Error {
+	if (e.Outcome == Temporary || e.Outcome == Delayed) && e.Err != nil && !errors.Is(e.Err, ErrOversized) {
+		cause := context.Cause(ctx)
+		if cause == nil && errors.Is(e.Err, os.ErrDeadlineExceeded) {
 			// The conn's deadline, set to ctx's, fired first.
-			e.Err = fmt.Errorf("%w: %w", context.DeadlineExceeded, e.Err)
+			cause = context.DeadlineExceeded
+		}
+		switch {
+		case errors.Is(cause, context.DeadlineExceeded) && connected:
+			when := "before its greeting"
+			if e.Greeted {
+				when = "after its greeting"
+			}
+			e.Err = fmt.Errorf("%w %s: %w: %w", ErrStalled, when, cause, e.Err)
+		case cause != nil:
+			e.Err = fmt.Errorf("%w: %w", cause, e.Err)
 		}
 	}
 	e.Reply = scrub(e.Reply, req.Password)
@@ -272,6 +305,13 @@ func (v *Verifier) fail(ctx context.Context, req Request, e *Error) *Error {
 		e.Err = &scrubbedError{text: scrub(e.Err.Error(), req.Password), err: e.Err}
 	}
 	return e
+}
+
+func (v *Verifier) maxRead() int {
+	if v.MaxRead <= 0 {
+		return DefaultMaxRead
+	}
+	return v.MaxRead
 }
 
 func (v *Verifier) timeout() time.Duration {
@@ -344,9 +384,6 @@ var ErrUntrustedCertificate = errors.New("TLS certificate not trusted")
 // maxLine bounds one line read from a server, so that a hostile server
 // cannot make a check hold unbounded memory.
 const maxLine = 4096
-
-// errLineTooLong is returned for a server line longer than maxLine.
-var errLineTooLong = errors.New("server sent a line longer than 4 KiB")
 
 // readLine reads one line from r, which must have been made with
 // bufio.NewReaderSize(…, maxLine), and returns it without its CRLF (a bare

@@ -89,7 +89,7 @@ func TestErrorText(t *testing.T) {
 func TestFailScrubsPassword(t *testing.T) {
 	v := &Verifier{}
 	inner := errors.New("in response: bad token \"hunter22\"")
-	e := v.fail(context.Background(), Request{Password: "hunter22"}, &Error{Outcome: Temporary, Reply: "NO hunter22 is wrong", Err: inner})
+	e := v.fail(context.Background(), Request{Password: "hunter22"}, &Error{Outcome: Temporary, Reply: "NO hunter22 is wrong", Err: inner}, true)
 	if strings.Contains(e.Error(), "hunter22") {
 		t.Errorf("Error() = %q holds the password", e.Error())
 	}

@@ -79,7 +79,7 @@ func TestMetricsAndReadiness(t *testing.T) {
 	if err := imapLogin(ctx, e.ClientDialer(), gw.IMAPAddr, "bob", pass); err != nil {
 		t.Fatalf("login: %v", err)
 	}
-	if h, err := gw.AuthRequest(ctx, "pop3", "bob", "not-bobs", nil); err != nil || h.Get("Auth-Status") != invalidText {
+	if h, err := gw.AuthRequest(ctx, "pop3", "bob", "not-bobs", nil); err != nil || h.Get("Auth-Status") != pop3InvalidStatus {
 		t.Fatalf("wrong password: %v %v", h, err)
 	}
 	m := scrape(t, gw)
@@ -105,8 +105,8 @@ func TestMetricsAndReadiness(t *testing.T) {
 	if code, body := getPath(t, gw, "/readyz"); code != http.StatusServiceUnavailable || !strings.Contains(body, "mailhost11 imap") {
 		t.Errorf("/readyz with mailhost11 stopped: %d %q", code, body)
 	}
-	if h, err := gw.AuthRequest(ctx, "imap", "dave", e.Password("mailhost02", "dave"), nil); err != nil || h.Get("Auth-Status") != temporaryText {
-		t.Errorf("login for a stopped backend: %v %v, want %q", h, err, temporaryText)
+	if h, err := gw.AuthRequest(ctx, "imap", "dave", e.Password("mailhost02", "dave"), nil); err != nil || h.Get("Auth-Status") != imapTemporaryStatus {
+		t.Errorf("login for a stopped backend: %v %v, want %q", h, err, imapTemporaryStatus)
 	}
 	m = scrape(t, gw)
 	if m[`imapgate_backend_up{backend="mailhost11",protocol="imap"}`] != 0 || m[`imapgate_requests_total{outcome="temporary",protocol="imap"}`] < 1 {
@@ -207,8 +207,8 @@ func TestFail2banFilter(t *testing.T) {
 	}
 }
 
-// TestSIGHUPReloadsUsersFile: SIGHUP rereads the users file at
-// once; a broken file is logged and the last good table stays.
+// TestSIGHUPReloadsUsersFile: SIGHUP rereads the users file once it
+// has held still; a broken file is logged and the last good table stays.
 func TestSIGHUPReloadsUsersFile(t *testing.T) {
 	t.Parallel()
 	e := requireEnv(t)

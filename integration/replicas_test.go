@@ -117,7 +117,7 @@ func guessVia(ctx context.Context, addr, user, tag string, from, n int) []error 
 			defer func() { <-sem }()
 			d := fromAddr(fmt.Sprintf("127.0.40.%d", 150+i%100))
 			err := imapLogin(ctx, d, addr, user, fmt.Sprintf("%s-%02d-%s", tag, i, user))
-			if err == nil || (imapErrorText(err) != invalidText && imapErrorText(err) != temporaryText) {
+			if err == nil || !refused(err) {
 				mu.Lock()
 				odd = append(odd, fmt.Errorf("%s guess %d: %v", user, i, err))
 				mu.Unlock()

@@ -16,7 +16,20 @@ import (
 const (
 	invalidText   = "Invalid login or password"
 	temporaryText = "Temporary server problem, try again later"
+	// throttledText answers a login the guessing limits refused without
+	// asking the backend: not called wrong, since it was not checked.
+	throttledText = "Too many failed logins, try again later"
 )
+
+// refused reports whether an IMAP error's text is one of imapgate's
+// refusals of a guess: a wrong password, throttled, or try later.
+func refused(err error) bool {
+	switch imapErrorText(err) {
+	case invalidText, throttledText, temporaryText:
+		return true
+	}
+	return false
+}
 
 // login is one login a scenario tries through nginx, and what must happen.
 type login struct {

@@ -35,7 +35,7 @@ func spreadGuesses(ctx context.Context, gws []*harness.Gateway, user, tag string
 		wg.Go(func() {
 			pass := gw.AddSecret(fmt.Sprintf("%s-%02d-%s", tag, i, user))
 			err := imapLogin(ctx, fromAddr(fmt.Sprintf("127.0.40.%d", 150+i)), gw.IMAPAddr, user, pass)
-			if err == nil || (imapErrorText(err) != invalidText && imapErrorText(err) != temporaryText) {
+			if err == nil || !refused(err) {
 				mu.Lock()
 				odd = append(odd, fmt.Errorf("%s guess %d through %s: %v", user, i, gw.Name, err))
 				mu.Unlock()

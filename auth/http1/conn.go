@@ -26,6 +26,12 @@ type conn struct {
 	req       Request
 	w         ResponseWriter
 	keepAlive bool
+
+	// The server's tracker links the conns waiting for a request head;
+	// its lock guards these.
+	prev, next *conn
+	waiting    bool // on the tracker's list
+	evicted    bool // cut off, and uncounted, by the tracker
 }
 
 var (
@@ -43,7 +49,9 @@ func (s *Server) serveConn(nc net.Conn) {
 	c.hr.r = readerPool.Get().(*bufio.Reader)
 	c.hr.r.Reset(nc)
 	c.req.RemoteAddr = nc.RemoteAddr()
+	s.conns.wait(c, true)
 	defer func() {
+		s.conns.done(c)
 		c.releaseReader()
 		c.s, c.nc, c.req.RemoteAddr = nil, nil, nil
 		clear(c.req.Header) // drop the strings, keep the storage
@@ -56,6 +64,7 @@ func (s *Server) serveConn(nc net.Conn) {
 			return
 		}
 		nc.SetReadDeadline(time.Now().Add(s.idleTimeout()))
+		s.conns.wait(c, true)
 		_, err := c.hr.r.Peek(1)
 		s.setIdle(nc, false)
 		if err != nil || s.inShutdown.Load() {
@@ -82,6 +91,7 @@ func (c *conn) serveOne() bool {
 		return c.badHead(err)
 	}
 	if s.isFallback(c.req.Target) {
+		s.conns.wait(c, false)
 		c.serveFallback()
 		return false
 	}
@@ -89,6 +99,7 @@ func (c *conn) serveOne() bool {
 	if err != nil {
 		return c.badHead(err)
 	}
+	s.conns.wait(c, false) // the head is in: busy, not to be cut off
 	// A body is not worth the risk of misreading where the next request
 	// starts: the connection ends after the answer.
 	c.keepAlive = c.req.HTTP11 && !info.close && !info.hasBody
@@ -105,9 +116,14 @@ func (c *conn) serveOne() bool {
 // through the Handler when there is someone to answer.
 func (c *conn) badHead(err error) bool {
 	var ne net.Error
-	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
-		errors.As(err, &ne) && ne.Timeout() || errors.Is(err, net.ErrClosed) {
-		return false // connected and left, too slow, or gone: nobody to answer
+	if errors.As(err, &ne) && ne.Timeout() {
+		// Too slow: a client that needs more than ReadTimeout for a
+		// head holds a connection for nothing. Nobody to answer.
+		c.s.dropped(DropSlow, c.req.RemoteAddr)
+		return false
+	}
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed) {
+		return false // connected and left, or gone (cut off): nobody to answer
 	}
 	code := http.StatusBadRequest
 	if errors.Is(err, ErrHeadTooLarge) {

@@ -55,12 +55,26 @@ type Server struct {
 	MaxHeaderBytes int
 	// Logger gets the server's own problems; nil means slog.Default().
 	Logger *slog.Logger
+	// MaxConns bounds the connections open at once; 0 means no bound.
+	// At the bound a new connection takes the place of the one that has
+	// waited longest for its request head (a slow or idle client), so a
+	// crowd of slow clients cannot keep a prompt one out; only when every
+	// connection is busy on a request is the new one closed unread.
+	MaxConns int
+	// Accept, when set, is asked about each connection's peer as it is
+	// accepted, before a byte is read; false closes the connection.
+	Accept func(remote net.Addr) bool
+	// OnDrop, when set, is told of every connection the server ends on
+	// its own (see DropReason), for metrics. The server also logs them,
+	// at most one line per reason every 10 s with the count in between.
+	OnDrop func(DropReason)
 
 	mu         sync.Mutex
 	listeners  map[net.Listener]struct{}
 	idle       map[net.Conn]struct{} // kept-alive conns between requests
 	active     sync.WaitGroup
 	inShutdown atomic.Bool
+	conns      tracker
 
 	// Idle workers wait on work for their next connection: a goroutine
 	// that has served one connection has the stack it needs, where a new
@@ -143,15 +157,40 @@ func (s *Server) Serve(ln net.Listener) error {
 			continue
 		}
 		backoff = 0
-		s.active.Add(1)
-		s.dispatch(conn)
+		if s.admit(conn) {
+			s.active.Add(1)
+			s.dispatch(conn)
+		}
 	}
+}
+
+// admit decides on a connection just accepted, before anything is read
+// from it: Accept's verdict on the peer, then room under MaxConns.
+func (s *Server) admit(c net.Conn) bool {
+	if s.Accept != nil && !s.Accept(c.RemoteAddr()) {
+		c.Close()
+		s.dropped(DropRefused, c.RemoteAddr())
+		return false
+	}
+	evicted, ok := s.conns.admit(s.MaxConns)
+	if !ok {
+		c.Close()
+		s.dropped(DropFull, c.RemoteAddr())
+		return false
+	}
+	if evicted != nil {
+		s.dropped(DropEvicted, evicted)
+	}
+	return true
 }
 
 // ServeConn serves the requests of one connection the caller accepted, as
 // Serve would, and closes it when it is done.
 func (s *Server) ServeConn(c net.Conn) {
 	s.init()
+	if !s.admit(c) {
+		return
+	}
 	s.active.Add(1)
 	s.serveConn(c)
 }

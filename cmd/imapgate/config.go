@@ -66,6 +66,7 @@ type config struct {
 	AllowFrom        networks      `env:"ALLOW_FROM"`
 	MaxChecks        int           `env:"MAX_CHECKS"`
 	MaxChecksPerNet  int           `env:"MAX_CHECKS_PER_NETWORK"`
+	MaxConns         int           `env:"MAX_CONNS"`
 	CacheTTL         time.Duration `env:"CACHE_TTL"`
 	CacheSize        int           `env:"CACHE_SIZE"`
 	LimitPair        int           `env:"LIMIT_PAIR"`
@@ -78,6 +79,7 @@ type config struct {
 	StateTimeout     time.Duration `env:"STATE_TIMEOUT"`
 	MetricsListen    string        `env:"METRICS_LISTEN"`
 	ProbeInterval    time.Duration `env:"PROBE_INTERVAL"`
+	DegradeAfter     int           `env:"DEGRADE_AFTER"`
 	LogFormat        string        `env:"LOG_FORMAT"`
 	LogLevel         string        `env:"LOG_LEVEL"`
 	HTTPServer       string        `env:"HTTP_SERVER"`
@@ -122,6 +124,7 @@ func defaultConfig() config {
 		LimitMaxTracked: limits.MaxTracked,
 		StateTimeout:    state.DefaultRedisTimeout,
 		ProbeInterval:   backend.DefaultProbeInterval,
+		DegradeAfter:    backend.DefaultDegradeAfter,
 		LogFormat:       "text",
 		LogLevel:        "info",
 		HTTPServer:      httpServerBuiltin,

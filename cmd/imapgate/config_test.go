@@ -8,8 +8,11 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/sethvargo/go-envconfig"
 	"go.uber.org/goleak"
@@ -83,6 +86,8 @@ func TestConfigErrorsNameTheVariable(t *testing.T) {
 		{"cache ttl garbled", base("IMAPGATE_CACHE_TTL", "long"), "IMAPGATE_CACHE_TTL"},
 		{"cache ttl negative", base("IMAPGATE_CACHE_TTL", "-1s"), "IMAPGATE_CACHE_TTL"},
 		{"max checks negative", base("IMAPGATE_MAX_CHECKS", "-1"), "IMAPGATE_MAX_CHECKS"},
+		{"max conns negative", base("IMAPGATE_MAX_CONNS", "-1"), "IMAPGATE_MAX_CONNS"},
+		{"max conns past the fd limit", base("IMAPGATE_MAX_CONNS", "1073741824"), "IMAPGATE_MAX_CONNS"},
 		{"cache size zero", base("IMAPGATE_CACHE_SIZE", "0"), "IMAPGATE_CACHE_SIZE"},
 		{"limit negative", base("IMAPGATE_LIMIT_PAIR", "-1"), "IMAPGATE_LIMIT_PAIR"},
 		{"limit garbled", base("IMAPGATE_LIMIT_USER", "many"), "IMAPGATE_LIMIT_USER"},
@@ -248,4 +253,58 @@ func TestStateURLSecret(t *testing.T) {
 	if svc.state == nil || svc.state.Shared() {
 		t.Errorf("a store nobody listens for: %v", svc.state)
 	}
+}
+
+// Without IMAPGATE_MAX_CONNS the cap is the file descriptor limit less
+// what the backends' checks and probes need, bounded by maxDerivedConns.
+func TestMaxConnsDerived(t *testing.T) {
+	s, err := loadSettings(context.Background(), envconfig.MapLookuper(map[string]string{
+		"IMAPGATE_BACKENDS":        "a=127.0.0.2;b=127.0.0.3",
+		"IMAPGATE_DEFAULT_BACKEND": "a",
+	}), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	limit, err := fdLimit()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := min(limit-fdReserve(2, 32), maxDerivedConns)
+	if s.maxConns != want || s.maxConns <= 0 || s.maxConns >= limit {
+		t.Errorf("derived cap %d with a limit of %d, want %d", s.maxConns, limit, want)
+	}
+}
+
+// After a crowd of connections has gone, its memory is handed back: the
+// heap released to the system grows.
+func TestReleaseAfterCrowd(t *testing.T) {
+	var open atomic.Int64
+	open.Store(crowdSize)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		releaseAfterCrowd(ctx, func() int { return int(open.Load()) }, time.Millisecond, 10*time.Millisecond)
+		close(done)
+	}()
+	defer func() { cancel(); <-done }()
+	// Garbage a crowd would leave behind.
+	junk := make([][]byte, 0, 1024)
+	for range 1024 {
+		junk = append(junk, make([]byte, 32<<10))
+	}
+	runtime.KeepAlive(junk)
+	junk = nil
+	var before runtime.MemStats
+	runtime.ReadMemStats(&before)
+	time.Sleep(20 * time.Millisecond)
+	open.Store(0)
+	for range 400 {
+		var now runtime.MemStats
+		runtime.ReadMemStats(&now)
+		if now.HeapReleased > before.HeapReleased+16<<20 {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Error("the memory a crowd left was not released")
 }

@@ -92,9 +92,8 @@ func (s *service) serve(ctx context.Context, ln, opsLn net.Listener) error {
 	var background sync.WaitGroup
 	defer background.Wait()
 	defer stopBackground()
-	s.startBackground(bg, &background)
-
 	servers := []server{s.authServer(opsLn == nil)}
+	s.startBackground(bg, &background, servers[0])
 	listeners := []net.Listener{ln}
 	if opsLn != nil {
 		servers = append(servers, s.newServer(s.opsHandler()))
@@ -103,7 +102,11 @@ func (s *service) serve(ctx context.Context, ln, opsLn net.Listener) error {
 	serveErr := make(chan error, len(servers))
 	for i, srv := range servers {
 		go func() { serveErr <- srv.Serve(listeners[i]) }()
-		s.logger.Info("listening", "addr", listeners[i].Addr().String(), "ops", i > 0 || opsLn == nil)
+		attrs := []any{"addr", listeners[i].Addr().String(), "ops", i > 0 || opsLn == nil}
+		if i == 0 && s.cfg.HTTPServer == httpServerBuiltin {
+			attrs = append(attrs, "max_conns", s.maxConns)
+		}
+		s.logger.Info("listening", attrs...)
 	}
 
 	var err error
@@ -130,15 +133,19 @@ func (s *service) serve(ctx context.Context, ln, opsLn net.Listener) error {
 	return nil
 }
 
-// startBackground starts the probes, the log flusher and the users
-// file's reloads, which run until ctx ends.
-func (s *service) startBackground(ctx context.Context, wg *sync.WaitGroup) {
+// startBackground starts the probes, the log flusher, the users file's
+// reloads and the memory release after a crowd of connections, which run
+// until ctx ends.
+func (s *service) startBackground(ctx context.Context, wg *sync.WaitGroup, auth server) {
 	wg.Go(func() { s.health.Run(ctx) })
 	for _, d := range s.directories {
 		wg.Go(func() {
 			d.Run(ctx, s.cfg.ProbeInterval)
 			d.Close()
 		})
+	}
+	if srv, ok := auth.(*http1.Server); ok {
+		wg.Go(func() { releaseAfterCrowd(ctx, srv.Open, crowdCheck, crowdGone) })
 	}
 	if s.logFlusher != nil {
 		wg.Go(func() { s.logFlusher(ctx) })
@@ -173,7 +180,12 @@ func (s *service) authServer(withOps bool) server {
 		IdleTimeout:    30 * time.Second,
 		MaxHeaderBytes: maxHeaderBytes,
 		Logger:         s.logger,
+		// Peers outside IMAPGATE_ALLOW_FROM are closed before a byte is
+		// read, and a crowd cannot take the descriptors the checks need.
+		MaxConns: s.maxConns,
+		Accept:   s.acceptFrom,
 	}
+	srv.OnDrop = newConnMetrics(s.registry, srv, s.maxConns).drop
 	if withOps {
 		srv.Fallback = s.opsHandler()
 		srv.FallbackPaths = opsPaths
@@ -206,7 +218,7 @@ func (s *service) reloadOnHangup(ctx context.Context) {
 			s.logger.Info("rereading the users file", "path", s.cfg.UsersFile, "reason", "SIGHUP")
 			// Reload logs the result: the new table, or why the file is
 			// broken and the last good table stays.
-			s.usersFile.Reload()
+			s.usersFile.Reload(ctx)
 		case <-ctx.Done():
 			return
 		}

@@ -36,6 +36,7 @@ type settings struct {
 	smtpVerify  imapcheck.Protocol
 	tlsConfig   *tls.Config
 	limits      auth.Limits
+	maxConns    int // the cap on auth_http connections, derived if need be
 }
 
 // settingCheck checks one setting, or a few that only make sense
@@ -70,6 +71,7 @@ var settingChecks = []settingCheck{
 	notNegative("CACHE_TTL", func(c config) int64 { return int64(c.CacheTTL) }, " (0 turns the cache off)"),
 	notNegative("MAX_CHECKS", func(c config) int64 { return int64(c.MaxChecks) }, " (0 = no bound)"),
 	notNegative("MAX_CHECKS_PER_NETWORK", func(c config) int64 { return int64(c.MaxChecksPerNet) }, " (0 = no bound but IMAPGATE_MAX_CHECKS)"),
+	checkMaxConns,
 	notNegative("LIMIT_PAIR", func(c config) int64 { return int64(c.LimitPair) }, " (0 turns this limit off)"),
 	notNegative("LIMIT_USER", func(c config) int64 { return int64(c.LimitUser) }, " (0 turns this limit off)"),
 	notNegative("LIMIT_NETWORK", func(c config) int64 { return int64(c.LimitNetwork) }, " (0 turns this limit off)"),
@@ -78,6 +80,7 @@ var settingChecks = []settingCheck{
 	checkStateURL,
 	positive("STATE_TIMEOUT", func(c config) int64 { return int64(c.StateTimeout) }, ""),
 	positive("PROBE_INTERVAL", func(c config) int64 { return int64(c.ProbeInterval) }, ""),
+	notNegative("DEGRADE_AFTER", func(c config) int64 { return int64(c.DegradeAfter) }, " (0 = never)"),
 	checkHTTPServer,
 }
 

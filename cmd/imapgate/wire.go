@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"log/slog"
+	"net"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -16,11 +17,14 @@ import (
 
 // service is everything main wires together from the settings.
 type service struct {
-	cfg       config
-	logger    *slog.Logger
-	handler   *auth.Handler
-	usersFile *backend.UsersFile // nil without IMAPGATE_USERS_FILE
-	health    *backend.Health
+	cfg    config
+	logger *slog.Logger
+	// maxConns and acceptFrom bound the auth listener's connections.
+	maxConns   int
+	acceptFrom func(net.Addr) bool
+	handler    *auth.Handler
+	usersFile  *backend.UsersFile // nil without IMAPGATE_USERS_FILE
+	health     *backend.Health
 	// directories are the routing directories (SQL, LDAP), probed in
 	// the background and part of readiness.
 	directories []*backend.Directory
@@ -38,7 +42,8 @@ type service struct {
 // newService builds the service from checked settings; nothing here can
 // fail.
 func newService(s *settings) *service {
-	svc := &service{cfg: s.config, logger: s.logger, usersFile: s.usersFile, directories: s.directories}
+	svc := &service{cfg: s.config, logger: s.logger, usersFile: s.usersFile, directories: s.directories,
+		maxConns: s.maxConns, acceptFrom: acceptFrom(s)}
 	svc.registry = prometheus.NewRegistry()
 	svc.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics := auth.NewMetrics(svc.registry)
@@ -71,7 +76,10 @@ func newService(s *settings) *service {
 		// The check has VerifyTimeout; resolving the backend's name for
 		// nginx gets a little more.
 		Timeout: s.VerifyTimeout + 2*time.Second,
-		Logger:  s.logger,
+		// A login that tries a backend marked down gets as long as a
+		// probe: it is one, with a login after the greeting.
+		TrialTimeout: probeTimeout(s),
+		Logger:       s.logger,
 	}
 	svc.registerServiceMetrics()
 	return svc
@@ -133,12 +141,23 @@ func (svc *service) newState(s *settings) state.Store {
 // count each change of state.
 func newHealth(s *settings, metrics *auth.Metrics) *backend.Health {
 	logger := s.logger
+	degradeAfter := s.DegradeAfter
+	if degradeAfter == 0 {
+		degradeAfter = -1 // never
+	}
 	return &backend.Health{
-		Backends: s.backends,
-		Interval: s.ProbeInterval,
-		// A probe is a connect and a greeting: if that takes longer than a
-		// login may, the backend is as good as down.
-		Timeout: min(s.VerifyTimeout, 3*time.Second),
+		Backends:     s.backends,
+		Interval:     s.ProbeInterval,
+		Timeout:      probeTimeout(s),
+		DegradeAfter: degradeAfter,
+		OnDegraded: func(name string, degraded bool, err error) {
+			metrics.BackendDegraded(name, degraded)
+			if degraded {
+				logger.Warn("backend degraded: it greets, but logins stall; failing its checks fast but for one trial at a time", "backend", name, "err", err)
+			} else {
+				logger.Info("backend answers logins again", "backend", name)
+			}
+		},
 		OnChange: func(name string, proto imapcheck.Protocol, addr string, up bool, err error) {
 			metrics.BackendUp(name, string(proto), up)
 			if up {
@@ -148,4 +167,11 @@ func newHealth(s *settings, metrics *auth.Metrics) *backend.Health {
 			}
 		},
 	}
+}
+
+// probeTimeout bounds a probe, and a trial login on a backend marked
+// down: a probe is a connect and a greeting, and if that takes longer
+// than a login may, the backend is as good as down.
+func probeTimeout(s *settings) time.Duration {
+	return min(s.VerifyTimeout, 3*time.Second)
 }

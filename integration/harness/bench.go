@@ -116,6 +116,13 @@ func startProcessToFile(name, logPath, pidDir string, cmd *exec.Cmd) (*Process, 
 // DIR/name/imapgate.log. It returns once imapgate accepts connections.
 // Stop it with Process.Stop.
 func (e *Env) StartImapgate(ctx context.Context, name, listen string, settings map[string]string) (*Process, error) {
+	return e.StartImapgateLimited(ctx, name, listen, settings, 0)
+}
+
+// StartImapgateLimited is StartImapgate with imapgate's limit on open
+// files (RLIMIT_NOFILE) set to maxFiles by prlimit(1); 0 leaves it as
+// this process's.
+func (e *Env) StartImapgateLimited(ctx context.Context, name, listen string, settings map[string]string, maxFiles int) (*Process, error) {
 	dir := filepath.Join(e.Dir, name)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
@@ -131,6 +138,11 @@ func (e *Env) StartImapgate(ctx context.Context, name, listen string, settings m
 	}
 	env = append(env, "IMAPGATE_LISTEN="+listen)
 	cmd := exec.Command(e.Binary)
+	if maxFiles > 0 {
+		// prlimit execs imapgate: the process is imapgate itself.
+		n := strconv.Itoa(maxFiles)
+		cmd = exec.Command("prlimit", "--nofile="+n+":"+n, "--", e.Binary)
+	}
 	cmd.Env = env
 	cmd.Dir = dir
 	p, err := startProcessToFile("imapgate-"+name, filepath.Join(dir, "imapgate.log"), e.pidDir, cmd)

@@ -156,6 +156,16 @@ func (g *Gateway) startImapgateContainer(ctx context.Context, settings map[strin
 		mounted[dir] = true
 		args = append(args, "-v", dir+":"+dir+":ro")
 	}
+	if g.cfg.MaxFiles > 0 {
+		args = append(args, "--ulimit", fmt.Sprintf("nofile=%d:%d", g.cfg.MaxFiles, g.cfg.MaxFiles))
+	}
+	if g.cfg.HostsFile != "" {
+		resolv, err := g.deadResolvConf()
+		if err != nil {
+			return nil, err
+		}
+		args = append(args, "-v", g.cfg.HostsFile+":/etc/hosts:ro", "-v", resolv+":/etc/resolv.conf:ro")
+	}
 	args = append(args, image)
 	cmd := exec.Command("docker", args...)
 	cmd.Dir = g.dir

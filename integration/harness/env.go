@@ -116,6 +116,7 @@ type Env struct {
 	keep       bool
 	external   bool
 	imgBuild   imageBuild
+	flood      floodBuild
 }
 
 // Start prepares a run: takes the run lock, stops what a crashed run left,

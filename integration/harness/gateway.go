@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -38,6 +39,15 @@ type GatewayConfig struct {
 	// 993, 995 and 465, with a certificate for IP signed by the run's CA
 	// (Env.CAFile), as mail clients expect.
 	TLS bool
+	// MaxFiles, when set, is imapgate's limit on open files (RLIMIT_NOFILE,
+	// soft and hard): prlimit(1) for a process, --ulimit for a container.
+	MaxFiles int
+	// HostsFile, when set, is the file imapgate sees as /etc/hosts (a
+	// bind mount in a mount namespace of its own, or of its container),
+	// so that a test can make a name stop resolving by editing the file
+	// in place; imapgate then also sees a resolv.conf whose one name
+	// server is nowhere, so that a name not in the file fails at once.
+	HostsFile string
 }
 
 // Gateway is imapgate and the nginx mail proxy that asks it: the system under
@@ -139,7 +149,11 @@ func (g *Gateway) startImapgate(ctx context.Context) error {
 	if mode == ImapgateContainer {
 		p, err = g.startImapgateContainer(ctx, settings)
 	} else {
-		cmd := exec.Command(g.env.Binary)
+		argv, err := g.processArgv()
+		if err != nil {
+			return err
+		}
+		cmd := exec.Command(argv[0], argv[1:]...)
 		cmd.Env = env
 		cmd.Dir = g.dir
 		p, err = startProcess("imapgate-"+g.Name, filepath.Join(g.dir, "imapgate.log"), g.env.pidDir, cmd)
@@ -326,8 +340,12 @@ func startMailNginx(ctx context.Context, pidDir, name, dir, ip, authAddr, secret
 // appear in imapgate's log; Close checks.
 func (g *Gateway) AddSecret(s string) string {
 	g.mu.Lock()
-	g.secrets = append(g.secrets, s)
-	g.mu.Unlock()
+	defer g.mu.Unlock()
+	// Once each: a scenario sending thousands of requests must not make
+	// Close search the log thousands of times for one password.
+	if !slices.Contains(g.secrets, s) {
+		g.secrets = append(g.secrets, s)
+	}
 	return s
 }
 

@@ -38,9 +38,10 @@ type report struct {
 
 	penalty []penaltyFigures
 
-	guessing *guessingFigures
-	flood    *floodFigures
-	shared   *sharedFigures
+	guessing   *guessingFigures
+	flood      *floodFigures
+	shared     *sharedFigures
+	resilience *resilienceFigures
 }
 
 func met(ok bool) string {
@@ -160,6 +161,10 @@ func (r *report) print(w io.Writer, cfg config) {
 	r.printGuessing(w)
 	r.printShared(w)
 
+	if r.resilience != nil {
+		r.resilience.print(w)
+	}
+
 	fmt.Fprintf(w, "\nRounds:\n\n")
 	if cfg.want("cached") {
 		fmt.Fprintf(w, "- cached answer, imapgate req/s: %s; nginx `return 204`: %s; imapgate on net/http: %s; PHP seed: %s; imapgate's cache hits %d of %d requests wrk counted\n",
@@ -182,6 +187,9 @@ func (r *report) print(w io.Writer, cfg config) {
 	if cfg.want("memory") {
 		fmt.Fprintf(w, "- memory, MiB: idle RSS %s; RSS with all held %s; VmHWM %s (max %.1f); held at backend / imapgate_checks_in_flight %s\n",
 			list(r.memIdle, "%.1f"), list(r.memHeldRSS, "%.1f"), list(r.memHWM, "%.1f"), slices.Max(append([]float64{0}, r.memHWM...)), strings.Join(held, ", "))
+	}
+	if r.resilience != nil {
+		r.resilience.printRounds(w)
 	}
 	for _, n := range r.notes {
 		fmt.Fprintf(w, "- note: %s\n", n)
