@@ -36,7 +36,7 @@ type Health interface {
 	// for a login over protos; trial says it runs although the backend
 	// is marked down or degraded (the caller then calls EndTrial), and
 	// degraded why it may not.
-	Admit(backend string, check backend.Endpoint, protos ...imapcheck.Protocol) (ok, trial, degraded bool)
+	Admit(ctx context.Context, backend string, check backend.Endpoint, protos ...imapcheck.Protocol) (ok, trial, degraded bool)
 	// EndTrial ends a trial Admit allowed.
 	EndTrial(backend string)
 	// Observe learns from a check's result.

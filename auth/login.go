@@ -142,7 +142,7 @@ func (h *Handler) route(ctx context.Context, a *attempt) (target, Verdict, bool)
 		return t, v, false
 	}
 	if h.Health != nil {
-		admitted, trial, degraded := h.Health.Admit(t.backend.Name, t.check, a.req.Protocol, t.proto)
+		admitted, trial, degraded := h.Health.Admit(ctx, t.backend.Name, t.check, a.req.Protocol, t.proto)
 		if !admitted {
 			// Known down, or degraded, and a trial is already finding
 			// out: answer now rather than after a timeout, and never from

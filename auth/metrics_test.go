@@ -1,7 +1,7 @@
 package auth
 
 import (
-	"github.com/imapgate/imapgate/auth/state"
+	"context"
 
 	"bytes"
 	"net/netip"
@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/imapgate/imapgate/auth/state"
 	"github.com/imapgate/imapgate/backend"
 	"github.com/imapgate/imapgate/imapcheck"
 )
@@ -77,7 +78,7 @@ func TestMetrics(t *testing.T) {
 // downHealth reports every backend down, with a trial running.
 type downHealth struct{}
 
-func (downHealth) Admit(string, backend.Endpoint, ...imapcheck.Protocol) (bool, bool, bool) {
+func (downHealth) Admit(context.Context, string, backend.Endpoint, ...imapcheck.Protocol) (bool, bool, bool) {
 	return false, false, false
 }
 func (downHealth) EndTrial(string)                                                        {}

@@ -26,7 +26,7 @@ type trialHealth struct {
 	busy     bool
 }
 
-func (h *trialHealth) Admit(string, backend.Endpoint, ...imapcheck.Protocol) (bool, bool, bool) {
+func (h *trialHealth) Admit(context.Context, string, backend.Endpoint, ...imapcheck.Protocol) (bool, bool, bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.busy {

@@ -254,35 +254,28 @@ func (h *Health) probe(ctx context.Context, t probeTarget) error {
 // Admit says whether a check on backend, connecting to check, may run
 // now, for a login over protos (the client's protocol and the check's).
 // It may when the backend's addresses for protos answered their last
-// probe and the backend is not degraded. When the only addresses down are
-// check itself, one check at a time may run anyway as a trial (trial
-// true; the caller calls EndTrial when it is done), so that a backend
-// that has come back is used at once, not at the next probe. A degraded
-// backend gets one trial per probe Interval, since a trial there costs a
-// stall. Otherwise ok is false, and degraded says whether that is why.
-func (h *Health) Admit(backend string, check Endpoint, protos ...imapcheck.Protocol) (ok, trial, degraded bool) {
+// probe and the backend is not degraded. When some are down, one login at
+// a time may find out whether the backend has come back, so that it is
+// used at once, not at the next probe: addresses the check cannot try
+// itself (nginx's, when the check logs in elsewhere) are probed again
+// first, within ctx and the probe Timeout, and when only check is still
+// down the check runs anyway as a trial (trial true; the caller calls
+// EndTrial when it is done). A degraded backend gets one trial per probe
+// Interval, since a trial there costs a stall. Otherwise ok is false, and
+// degraded says whether that is why.
+func (h *Health) Admit(ctx context.Context, backend string, check Endpoint, protos ...imapcheck.Protocol) (ok, trial, degraded bool) {
 	if h == nil {
 		return true, false, false
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	testable := true // every address down is the one the check tries
-	down := false
-	for _, t := range h.targets() {
-		if t.key.backend != backend || !slices.Contains(protos, t.key.proto) {
-			continue
-		}
-		if up, known := h.state[t.key]; known && !up {
-			down = true
-			testable = testable && t.addr == check
-		}
-	}
+	down, others := h.downTargets(backend, check, protos)
 	cs := h.checks[backend]
 	degraded = cs != nil && cs.degraded
 	switch {
 	case !down && !degraded:
 		return true, false, false
-	case down && !testable, h.inTrials[backend]:
+	case h.inTrials[backend]:
 		return false, false, degraded
 	case degraded && time.Since(cs.lastTrial) < h.interval():
 		return false, false, true
@@ -293,10 +286,47 @@ func (h *Health) Admit(backend string, check Endpoint, protos ...imapcheck.Proto
 		h.inTrials = make(map[string]bool)
 	}
 	h.inTrials[backend] = true
+	if len(others) > 0 && !h.reprobe(ctx, others) {
+		delete(h.inTrials, backend)
+		return false, false, degraded
+	}
 	return true, true, degraded
 }
 
-// EndTrial ends the trial check Admit allowed on backend.
+// downTargets says whether any of backend's addresses for protos is down,
+// and lists those down that are not check (which a check tries itself).
+// h.mu must be held.
+func (h *Health) downTargets(backend string, check Endpoint, protos []imapcheck.Protocol) (down bool, others []probeTarget) {
+	for _, t := range h.targets() {
+		if t.key.backend != backend || !slices.Contains(protos, t.key.proto) {
+			continue
+		}
+		if up, known := h.state[t.key]; known && !up {
+			down = true
+			if t.addr != check {
+				others = append(others, t)
+			}
+		}
+	}
+	return down, others
+}
+
+// reprobe probes ts now, with h.mu released meanwhile, records the
+// results and reports whether all answered. h.mu must be held; the
+// caller holds the backend's trial, so one login at a time does this.
+func (h *Health) reprobe(ctx context.Context, ts []probeTarget) bool {
+	h.mu.Unlock()
+	defer h.mu.Lock()
+	all := true
+	for _, t := range ts {
+		err := h.probe(ctx, t)
+		h.record(t, err)
+		all = all && err == nil
+	}
+	return all
+}
+
+// EndTrial ends the trial Admit allowed on backend.
 func (h *Health) EndTrial(backend string) {
 	h.mu.Lock()
 	delete(h.inTrials, backend)

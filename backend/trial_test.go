@@ -34,16 +34,16 @@ func TestAdmitTrialAndComeBack(t *testing.T) {
 	if <-changes {
 		t.Fatal("a closed port probed up")
 	}
-	ok, trial, degraded := h.Admit("b", down, imapcheck.IMAP)
+	ok, trial, degraded := h.Admit(context.Background(), "b", down, imapcheck.IMAP)
 	if !ok || !trial || degraded {
 		t.Fatalf("Admit on a down backend = %v, %v, %v; want a trial", ok, trial, degraded)
 	}
-	if ok, _, _ := h.Admit("b", down, imapcheck.IMAP); ok {
+	if ok, _, _ := h.Admit(context.Background(), "b", down, imapcheck.IMAP); ok {
 		t.Error("a second trial was admitted while the first runs")
 	}
 	// An SMTP login needs nginx's SMTP address, which a check cannot try.
 	h.EndTrial("b")
-	if ok, _, _ := h.Admit("b", down, imapcheck.SMTP, imapcheck.IMAP); ok {
+	if ok, _, _ := h.Admit(context.Background(), "b", down, imapcheck.SMTP, imapcheck.IMAP); ok {
 		t.Error("a trial was admitted although the address down is not the check's")
 	}
 	h.Observe("b", down, netip.Addr{}, imapcheck.Temporary, errors.New("connection refused"))
@@ -54,7 +54,7 @@ func TestAdmitTrialAndComeBack(t *testing.T) {
 	if !h.Up("b", imapcheck.IMAP) || !<-changes {
 		t.Error("an answered trial did not mark the backend up")
 	}
-	if ok, trial, _ := h.Admit("b", down, imapcheck.IMAP); !ok || trial {
+	if ok, trial, _ := h.Admit(context.Background(), "b", down, imapcheck.IMAP); !ok || trial {
 		t.Errorf("Admit after the backend came back = %v, trial %v; want an ordinary check", ok, trial)
 	}
 }
@@ -93,21 +93,21 @@ func TestDegraded(t *testing.T) {
 	}
 	// The stall that degraded it was its trial; the next is an Interval
 	// away.
-	if ok, _, degraded := h.Admit("b", ep, imapcheck.IMAP); ok || !degraded {
+	if ok, _, degraded := h.Admit(context.Background(), "b", ep, imapcheck.IMAP); ok || !degraded {
 		t.Errorf("Admit at once on a degraded backend = %v, %v; want refused as degraded", ok, degraded)
 	}
 	h.mu.Lock()
 	h.checks["b"].lastTrial = time.Time{}
 	h.mu.Unlock()
-	ok, trial, degraded := h.Admit("b", ep, imapcheck.IMAP)
+	ok, trial, degraded := h.Admit(context.Background(), "b", ep, imapcheck.IMAP)
 	if !ok || !trial || !degraded {
 		t.Fatalf("Admit on a degraded backend = %v, %v, %v; want a trial", ok, trial, degraded)
 	}
-	if ok, _, degraded := h.Admit("b", ep, imapcheck.IMAP); ok || !degraded {
+	if ok, _, degraded := h.Admit(context.Background(), "b", ep, imapcheck.IMAP); ok || !degraded {
 		t.Errorf("second Admit on a degraded backend = %v, %v; want refused as degraded", ok, degraded)
 	}
 	h.EndTrial("b")
-	if ok, _, degraded := h.Admit("b", ep, imapcheck.IMAP); ok || !degraded {
+	if ok, _, degraded := h.Admit(context.Background(), "b", ep, imapcheck.IMAP); ok || !degraded {
 		t.Errorf("Admit on a degraded backend within an Interval of its trial = %v, %v; want refused", ok, degraded)
 	}
 	h.Observe("b", ep, guesser, imapcheck.OK, nil)
@@ -130,5 +130,35 @@ func TestDegraded(t *testing.T) {
 	h.Observe("b", ep, netip.MustParseAddr("198.51.100.3"), imapcheck.Temporary, errStall)
 	if h.Degraded("b") {
 		t.Error("stalls with an answer between them degraded the backend")
+	}
+}
+
+// TestTrialReprobesNginxAddress: when the address down is nginx's (the
+// check logs in elsewhere, as behind the Cyrus howto's TLS frontend),
+// one login probes it again itself, and a trial runs once it answers.
+func TestTrialReprobesNginxAddress(t *testing.T) {
+	proxy, stop := greeter(t, "* OK ready\r\n")
+	check := closedEndpoint(t)
+	h := &Health{Backends: map[string]*Backend{"b": {Name: "b",
+		Proxy: map[imapcheck.Protocol]Endpoint{imapcheck.IMAP: proxy},
+		Check: map[imapcheck.Protocol]Endpoint{imapcheck.IMAP: check}}}}
+	// Both seen down by the last probes; nginx's address is back since.
+	for _, tg := range h.targets() {
+		h.record(tg, errors.New("connection refused"))
+	}
+	ok, trial, _ := h.Admit(context.Background(), "b", check, imapcheck.IMAP)
+	if !ok || !trial {
+		t.Fatalf("Admit = %v, trial %v; want a trial once nginx's address answers again", ok, trial)
+	}
+	h.EndTrial("b")
+	if !h.state[healthKey{"b", imapcheck.IMAP, false}] {
+		t.Error("the reprobe did not record nginx's address up")
+	}
+	stop()
+	for _, tg := range h.targets() {
+		h.record(tg, errors.New("connection refused"))
+	}
+	if ok, _, _ := h.Admit(context.Background(), "b", check, imapcheck.IMAP); ok {
+		t.Error("a trial ran although nginx's address still does not answer")
 	}
 }

@@ -20,9 +20,16 @@ const (
 // opsPaths are the operations endpoints' paths.
 var opsPaths = []string{pathMetrics, pathHealthz, pathReadyz}
 
+// debugHandlers, set in a build with -tags pprof, adds the profiling
+// endpoints to the operations listener.
+var debugHandlers func(mux *http.ServeMux)
+
 // opsHandler serves /metrics, /healthz and /readyz.
 func (s *service) opsHandler() http.Handler {
 	mux := http.NewServeMux()
+	if debugHandlers != nil {
+		debugHandlers(mux)
+	}
 	mux.Handle(pathMetrics, promhttp.HandlerFor(s.registry, promhttp.HandlerOpts{}))
 	mux.HandleFunc(pathHealthz, func(w http.ResponseWriter, r *http.Request) {
 		// The process serves: that is all liveness means.

@@ -74,7 +74,7 @@ func listenAuth(ctx context.Context, addr string) (net.Listener, error) {
 	}
 	// TCP keepalive probes are no use on connections that carry one
 	// request, and setting them costs four system calls per connection.
-	lc := net.ListenConfig{KeepAlive: -1}
+	lc := net.ListenConfig{KeepAlive: -1, Control: deferAccept}
 	return lc.Listen(ctx, "tcp", addr)
 }
 
