@@ -4,7 +4,7 @@ GO      ?= go
 GOFLAGS ?=
 export PATH := $(PATH):/usr/local/go/bin
 
-.PHONY: all build deb deps test unit integration fuzz demo bench clean
+.PHONY: all build deb deps test unit integration integration-core fuzz demo bench clean
 
 all: build
 
@@ -27,7 +27,7 @@ deps:
 test: deps
 	test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); exit 1; }
 	$(GO) vet ./...
-	$(GO) test -race -count=1 -timeout 20m ./...
+	$(GO) test -race -count=1 -timeout 30m ./...
 
 ## unit: the tests that need no Dovecot or nginx
 unit:
@@ -35,7 +35,14 @@ unit:
 
 ## integration: only the scenarios against real Dovecot and nginx
 integration: deps
-	$(GO) test -race -count=1 -timeout 20m ./integration/...
+	$(GO) test -race -count=1 -timeout 30m ./integration/...
+
+## integration-core: the scenarios whose outcome depends on how Dovecot and
+## imapgate run (processes or containers): .ci/run runs them once more each
+## way after make test, which runs every scenario once.
+CORE_SCENARIOS = ^(TestFirstLetterRouting|TestUsersFileRouting|TestBackendByHostName|TestWrongPasswordNeverProxied|TestSMTPWrongPasswordRelaysNothing|TestSpecialCharacterPasswords|TestBackendDownIsTemporary|TestVerifyOverTLS|TestUsersFileReload|TestSIGHUPReloadsUsersFile|TestCacheAndCoalescing|TestGuessingLimits|TestMetricsAndReadiness|TestClientVisibleCodes|TestHostileBackends|TestBackendComesBack|TestSharedStateTwoGateways|TestOperatorAdmin)$$
+integration-core: deps
+	$(GO) test -race -count=1 -timeout 30m -run '$(CORE_SCENARIOS)' ./integration/...
 
 ## fuzz: each fuzz target for FUZZTIME (the committed corpora run in `make test` too)
 FUZZTIME ?= 10s
