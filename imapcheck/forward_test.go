@@ -28,6 +28,19 @@ func TestForwardClientIP(t *testing.T) {
 			imapLogout(p, "T2")
 		},
 	}, {
+		// The login does not wait for the ID's answer, and the answer,
+		// with a literal in it, is kept from imapclient.
+		name:  "imap ID pipelined with LOGIN",
+		proto: IMAP,
+		script: func(p *peer) {
+			p.send("* OK [CAPABILITY IMAP4rev1 ID] ready")
+			p.expect(`F1 ID ("x-originating-ip" "192.0.2.7")`)
+			p.expect(`T1 LOGIN "alice" "s3cret"`)
+			p.send(`* ID ("name" {7}`, `Dovecot "version" "2.3")`, "F1 OK ID completed.")
+			p.send("T1 OK [CAPABILITY IMAP4rev1] Logged in")
+			imapLogout(p, "T2")
+		},
+	}, {
 		name:  "imap without ID",
 		proto: IMAP,
 		script: func(p *peer) {

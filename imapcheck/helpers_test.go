@@ -14,6 +14,7 @@ import (
 	"io"
 	"math/big"
 	"net"
+	"regexp"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -265,4 +266,12 @@ func checkResult(t testing.TB, outcome Outcome, err error, want Outcome, passwor
 		t.Errorf("error text %q contains the password", err)
 	}
 	return e
+}
+
+// timeStamp is the elapsed time in front of each transcript line.
+var timeStamp = regexp.MustCompile(`(?m)^ *[0-9]+\.[0-9]{3}ms `)
+
+// withoutTimes is a transcript without its lines' times.
+func withoutTimes(transcript string) string {
+	return timeStamp.ReplaceAllString(transcript, "")
 }

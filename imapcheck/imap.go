@@ -2,12 +2,14 @@ package imapcheck
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/netip"
+	"strconv"
 	"strings"
 
 	"github.com/emersion/go-imap/v2"
@@ -37,12 +39,17 @@ func (s *session) imap(ctx context.Context, greeting string) *Error {
 		// 6.2.1 requires after the upgrade.
 		greeting = "* OK TLS established"
 	}
+	var server io.Reader = s.r
 	if s.v.ForwardClientIP && s.req.ClientIP.IsValid() {
-		if e := imapForwardClient(s.conn, s.r, s.req.ClientIP); e != nil {
+		if e := imapForwardClient(s.conn, s.req.ClientIP); e != nil {
 			return e
 		}
+		// The login goes out behind the ID without waiting for its
+		// answer (RFC 9051 section 5.5 allows the pipelining): one round
+		// trip less. The answer is taken out of what imapclient reads.
+		server = &idAnswerFilter{r: s.r}
 	}
-	replay := io.MultiReader(strings.NewReader(greeting+"\r\n"), s.r)
+	replay := io.MultiReader(strings.NewReader(greeting+"\r\n"), server)
 
 	// Close returns only once the client's reader goroutine has ended.
 	c := imapclient.New(&greetedConn{Conn: s.conn, r: replay}, nil)
@@ -148,26 +155,88 @@ func (s *session) imapStartTLS(ctx context.Context) *Error {
 	}
 }
 
+// forwardTag is the tag of the ID command that forwards the client's
+// address; imapclient's own tags are never it.
+const forwardTag = "F1"
+
 // imapForwardClient tells the server the client's address with the ID
 // command (RFC 2971) and Dovecot's "x-originating-ip" field, before
 // imapclient takes over the connection (its ID cannot carry that field).
 // The server's answer does not matter: one that does not know ID, or does
 // not trust us, goes on as if nothing was said.
-func imapForwardClient(conn io.Writer, r *bufio.Reader, ip netip.Addr) *Error {
-	const tag = "F1"
-	if _, err := fmt.Fprintf(conn, "%s ID (\"x-originating-ip\" \"%s\")\r\n", tag, ip.Unmap()); err != nil {
+func imapForwardClient(conn io.Writer, ip netip.Addr) *Error {
+	if _, err := fmt.Fprintf(conn, "%s ID (\"x-originating-ip\" \"%s\")\r\n", forwardTag, ip.Unmap()); err != nil {
 		return &Error{Outcome: Temporary, Err: fmt.Errorf("ID: %w", err)}
 	}
-	for {
-		line, err := readLine(r)
+	return nil
+}
+
+// idAnswerFilter passes the server's lines on to imapclient, but for the
+// answer to the forwarding ID: its untagged "* ID" data and its tagged
+// completion, which come before anything the login is answered with
+// (commands are answered in order). After the tagged line it passes
+// everything untouched.
+type idAnswerFilter struct {
+	r       *bufio.Reader
+	pending []byte // a line to pass on, partly read
+	done    bool
+	// inID: the line being read continues the server's "* ID" data after
+	// a literal (RFC 9051 section 4.3), and is dropped too.
+	inID bool
+}
+
+func (f *idAnswerFilter) Read(p []byte) (int, error) {
+	for len(f.pending) == 0 && !f.done {
+		line, err := f.r.ReadSlice('\n')
+		if err == bufio.ErrBufferFull {
+			// No line of the ID's answer is that long: pass it on, and
+			// leave the rest of the stream alone.
+			f.pending, f.done = append(f.pending[:0], line...), true
+			break
+		}
 		if err != nil {
-			return &Error{Outcome: Temporary, Err: fmt.Errorf("ID: %w", err)}
+			return 0, err
 		}
-		if f := strings.Fields(line); len(f) >= 2 && f[0] == tag {
-			return nil
+		switch {
+		case f.inID || bytes.HasPrefix(line, []byte("* ID ")):
+			// The server's own ID: dropped, literals and all.
+			n, ok := literalSize(line)
+			if ok {
+				if _, err := f.r.Discard(n); err != nil {
+					return 0, err
+				}
+			}
+			f.inID = ok
+		case bytes.HasPrefix(line, []byte(forwardTag+" ")):
+			f.done = true // the ID's completion: dropped, and no more to drop
+		default:
+			f.pending = append(f.pending[:0], line...)
 		}
-		// Untagged data (the server's own ID) is skipped.
 	}
+	if len(f.pending) > 0 {
+		n := copy(p, f.pending)
+		f.pending = f.pending[n:]
+		return n, nil
+	}
+	return f.r.Read(p)
+}
+
+// literalSize returns n when line ends with a literal's announcement
+// "{n}" or "{n+}" (RFC 9051 section 4.3, RFC 7888), whose n bytes follow.
+func literalSize(line []byte) (int, bool) {
+	line = bytes.TrimRight(line, "\r\n")
+	if !bytes.HasSuffix(line, []byte("}")) {
+		return 0, false
+	}
+	open := bytes.LastIndexByte(line, '{')
+	if open < 0 {
+		return 0, false
+	}
+	n, err := strconv.Atoi(string(bytes.TrimSuffix(line[open+1:len(line)-1], []byte("+"))))
+	if err != nil || n < 0 || n > maxLine {
+		return 0, false
+	}
+	return n, true
 }
 
 // greetedConn is a net.Conn whose reads come from r, which starts with the

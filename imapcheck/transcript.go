@@ -7,13 +7,19 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"time"
 )
 
-// transcript writes what a check sends and receives to a debug writer, a line
-// at a time, with credentials redacted. A nil *transcript does nothing.
+// transcript writes what a check sends and receives to a debug writer, a
+// line at a time, each with the time since the check began, with
+// credentials redacted; the whole check in one Write when it ends, so
+// that concurrent checks do not mix their lines. A nil *transcript does
+// nothing.
 type transcript struct {
 	w        io.Writer
 	password string
+	start    time.Time
+	out      bytes.Buffer
 
 	mu        sync.Mutex // the go-imap reader goroutine logs concurrently
 	client    []byte     // partial line sent
@@ -26,7 +32,7 @@ func newTranscript(w io.Writer, password string) *transcript {
 	if w == nil {
 		return nil
 	}
-	return &transcript{w: w, password: password}
+	return &transcript{w: w, password: password, start: time.Now()}
 }
 
 // wrap returns conn, logging what passes through it.
@@ -51,6 +57,10 @@ func (t *transcript) flush() {
 		t.line(false, string(t.server))
 	}
 	t.client, t.server = nil, nil
+	if t.out.Len() > 0 {
+		t.w.Write(t.out.Bytes())
+		t.out.Reset()
+	}
 }
 
 func (t *transcript) add(fromClient bool, p []byte) {
@@ -94,7 +104,7 @@ func (t *transcript) line(fromClient bool, s string) {
 		// A final reply to the login: whatever comes next is not secret.
 		t.redacting = false
 	}
-	fmt.Fprintf(t.w, "%s%s\n", prefix, s)
+	fmt.Fprintf(&t.out, "%8.3fms %s%s\n", float64(time.Since(t.start).Microseconds())/1000, prefix, s)
 }
 
 // isContinuation reports whether s is an IMAP (RFC 9051 section 7.5) or POP3

@@ -35,8 +35,10 @@ type Verifier struct {
 	Timeout time.Duration
 	// Dialer dials the server; nil means a zero net.Dialer.
 	Dialer *net.Dialer
-	// Debug, if set, receives the protocol transcript, one "C: " or "S: "
-	// line per line on the wire (after TLS), with the arguments of LOGIN,
+	// Debug, if set, receives the protocol transcript of each check in one
+	// Write when it ends: one "C: " or "S: " line per line on the wire
+	// (after TLS), each after the milliseconds since the check began (to
+	// see where a check's time goes), with the arguments of LOGIN,
 	// PASS, AUTH and AUTHENTICATE, and whatever the client sends until the
 	// server answers them, replaced by "<redacted>"; the password is also
 	// scrubbed from the server's lines. User names do appear.

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"io"
 	"log/slog"
 	"net"
 	"time"
@@ -59,6 +60,7 @@ func newService(s *settings) *service {
 			// Dovecot's auth penalty is per source address: told the
 			// client's, it slows the guesser, not every user.
 			ForwardClientIP: s.ForwardClientIP,
+			Debug:           transcripts(s),
 		},
 		Resolver:            &backend.Resolver{},
 		SMTPVerify:          s.smtpVerify,
@@ -174,4 +176,22 @@ func newHealth(s *settings, metrics *auth.Metrics) *backend.Health {
 // than a login may, the backend is as good as down.
 func probeTimeout(s *settings) time.Duration {
 	return min(s.VerifyTimeout, 3*time.Second)
+}
+
+// transcripts is where the checks' protocol transcripts go: with
+// IMAPGATE_LOG_LEVEL=debug, one log line per check with its lines and
+// their times (user names in them; passwords never); else nowhere.
+func transcripts(s *settings) io.Writer {
+	if s.LogLevel != "debug" {
+		return nil
+	}
+	return transcriptLog{s.logger}
+}
+
+// transcriptLog writes each transcript it is given as a debug log line.
+type transcriptLog struct{ logger *slog.Logger }
+
+func (t transcriptLog) Write(p []byte) (int, error) {
+	t.logger.Debug("check transcript", "transcript", string(p))
+	return len(p), nil
 }
