@@ -40,6 +40,7 @@ func (s *session) imap(ctx context.Context, greeting string) *Error {
 		greeting = "* OK TLS established"
 	}
 	var server io.Reader = s.r
+	var forward *idAnswerFilter
 	if s.v.ForwardClientIP && s.req.ClientIP.IsValid() {
 		if e := imapForwardClient(s.conn, s.req.ClientIP); e != nil {
 			return e
@@ -47,13 +48,21 @@ func (s *session) imap(ctx context.Context, greeting string) *Error {
 		// The login goes out behind the ID without waiting for its
 		// answer (RFC 9051 section 5.5 allows the pipelining): one round
 		// trip less. The answer is taken out of what imapclient reads.
-		server = &idAnswerFilter{r: s.r}
+		forward = &idAnswerFilter{r: s.r}
+		server = forward
 	}
 	replay := io.MultiReader(strings.NewReader(greeting+"\r\n"), server)
 
-	// Close returns only once the client's reader goroutine has ended.
 	c := imapclient.New(&greetedConn{Conn: s.conn, r: replay}, nil)
-	defer c.Close()
+	defer func() {
+		// Close returns only once the client's reader goroutine, which
+		// owns the filter, has ended; only then is forward.done ours.
+		c.Close()
+		// A server that never answered the ID sent nothing after its
+		// greeting: it stopped answering, rather than held the login's
+		// answer as Dovecot's penalty does (it answers the ID at once).
+		s.silentSinceGreeting = forward != nil && !forward.done
+	}()
 	if err := c.WaitGreeting(); err != nil {
 		return imapFailure("greeting", err)
 	}

@@ -195,7 +195,7 @@ func (v *Verifier) login(ctx context.Context, req Request, raw net.Conn, tr *tra
 // Delayed: the server greeted and took the login, then held its answer.
 // A cancelled check (the client gave up) stays Temporary.
 func (s *session) delayed(ctx context.Context, e *Error) *Error {
-	if e != nil && e.Outcome == Temporary && s.sentCredentials &&
+	if e != nil && e.Outcome == Temporary && s.sentCredentials && !s.silentSinceGreeting &&
 		(errors.Is(ctx.Err(), context.DeadlineExceeded) || errors.Is(e.Err, os.ErrDeadlineExceeded)) {
 		e.Outcome = Delayed
 	}
@@ -216,6 +216,9 @@ type session struct {
 	r    *bufio.Reader
 	// sentCredentials is set once the login command is about to go out.
 	sentCredentials bool
+	// silentSinceGreeting: the credentials went out pipelined behind the
+	// forwarding ID, and not even the ID was answered.
+	silentSinceGreeting bool
 }
 
 // use makes the session speak over conn, as the transcript sees it.
