@@ -55,14 +55,20 @@ type list struct{ head, tail int32 }
 type table struct {
 	max       int
 	index     map[recordKey]int32
-	arena     []entry
+	arena     [][]entry // chunks of chunkSize entries, the last one filling
+	used      int32     // entries handed out of the arena so far
 	free      []int32
 	levels    []list // by level: 0 .. the kind's limit
 	lastSweep time.Time
 }
 
-// preallocMax bounds the records a table's arena is made for at once.
-const preallocMax = 1 << 17
+// chunkSize is how many entries the arena adds at a time. The arena grows
+// by whole chunks, so growing never copies (which costs more than its own
+// size again in garbage) and nothing is allocated before records arrive:
+// an arena made for every record at once would count as live heap from
+// the start and push the collector's goal up by tens of MiB, and the
+// process's peak memory with it.
+const chunkSize = 4096
 
 // sweepEvery bounds how often a full table is swept for expired records
 // (a pass over all of them).
@@ -71,12 +77,6 @@ const sweepEvery = time.Second
 func newTable(max, limit int) *table {
 	// Levels are a byte: a limit above 255 counts at most 255.
 	t := &table{max: max, index: make(map[recordKey]int32), levels: make([]list, min(max0(limit), 255)+1)}
-	if max > 0 {
-		// The arena's capacity at once (up to preallocMax), so that it does
-		// not grow by copying, which costs more than its own size again in
-		// garbage; the pages are touched only as records arrive.
-		t.arena = make([]entry, 0, min(max, preallocMax))
-	}
 	for i := range t.levels {
 		t.levels[i] = list{none, none}
 	}
@@ -85,7 +85,17 @@ func newTable(max, limit int) *table {
 
 func max0(n int) int { return max(n, 0) }
 
-func (t *table) at(i int32) *entry { return &t.arena[i] }
+func (t *table) at(i int32) *entry { return &t.arena[i/chunkSize][i%chunkSize] }
+
+// grow hands out the arena's next entry, adding a chunk when the last is
+// full.
+func (t *table) grow() int32 {
+	if int(t.used) == len(t.arena)*chunkSize {
+		t.arena = append(t.arena, make([]entry, chunkSize))
+	}
+	t.used++
+	return t.used - 1
+}
 
 func (t *table) push(i int32) {
 	e := t.at(i)
@@ -164,8 +174,7 @@ func (t *table) upsert(k recordKey, expires time.Time, newLevel int, now time.Ti
 	if n := len(t.free); n > 0 {
 		i, t.free = t.free[n-1], t.free[:n-1]
 	} else {
-		i = int32(len(t.arena))
-		t.arena = append(t.arena, entry{})
+		i = t.grow()
 	}
 	*t.at(i) = entry{key: k, expires: expires.UnixNano(), prev: none, next: none}
 	t.index[k] = i

@@ -73,6 +73,7 @@ func run() int {
 	}
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	go followMemory(ctx)
 	if err := svc.serve(ctx, lns.auth, lns.ops); err != nil {
 		svc.logger.Error("stopped", "err", err)
 		return exitFailure
