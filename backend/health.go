@@ -297,15 +297,27 @@ func (h *Health) Admit(ctx context.Context, backend string, check Endpoint, prot
 // and lists those down that are not check (which a check tries itself).
 // h.mu must be held.
 func (h *Health) downTargets(backend string, check Endpoint, protos []imapcheck.Protocol) (down bool, others []probeTarget) {
-	for _, t := range h.targets() {
-		if t.key.backend != backend || !slices.Contains(protos, t.key.proto) {
-			continue
-		}
+	// Only this backend's addresses: this runs on every login, cached
+	// ones included, and must not walk every backend.
+	b := h.Backends[backend]
+	if b == nil {
+		return false, nil
+	}
+	visit := func(t probeTarget) {
 		if up, known := h.state[t.key]; known && !up {
 			down = true
 			if t.addr != check {
 				others = append(others, t)
 			}
+		}
+	}
+	for _, proto := range protos {
+		ep, proxied := b.Proxy[proto]
+		if proxied {
+			visit(probeTarget{healthKey{backend, proto, false}, ep})
+		}
+		if c, ok := b.Check[proto]; ok && (!proxied || c != ep) {
+			visit(probeTarget{healthKey{backend, proto, true}, c})
 		}
 	}
 	return down, others
