@@ -246,14 +246,19 @@ func killLeftovers(pidDir, marker string) {
 	}
 }
 
-// waitAccept waits until addr accepts a connection, and gives up when p,
-// the process that should be listening there, exits first.
+// waitAccept waits until addr (host:port, or unix:/path as imapgate's
+// IMAPGATE_LISTEN names a socket) accepts a connection, and gives up when
+// p, the process that should be listening there, exits first.
 func waitAccept(ctx context.Context, p *Process, addr string) error {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	var d net.Dialer
+	network, address := "tcp", addr
+	if path, ok := strings.CutPrefix(addr, "unix:"); ok {
+		network, address = "unix", path
+	}
 	for {
-		c, err := d.DialContext(ctx, "tcp", addr)
+		c, err := d.DialContext(ctx, network, address)
 		if err == nil {
 			c.Close()
 			return nil
