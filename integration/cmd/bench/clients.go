@@ -55,7 +55,12 @@ func authOnce(addr string, req []byte) (string, error) {
 // authOnceWithin is authOnce with a bound of its own, for answers that
 // Dovecot's penalty holds (up to 15 s, and imapgate waits for it).
 func authOnceWithin(addr string, req []byte, timeout time.Duration) (string, error) {
-	conn, err := net.DialTimeout("tcp", addr, timeout)
+	return authOnceOver("tcp", addr, req, timeout)
+}
+
+// authOnceOver is authOnceWithin over network ("tcp" or "unix").
+func authOnceOver(network, addr string, req []byte, timeout time.Duration) (string, error) {
+	conn, err := net.DialTimeout(network, addr, timeout)
 	if err != nil {
 		return "", err
 	}

@@ -42,6 +42,7 @@ type report struct {
 	flood      *floodFigures
 	shared     *sharedFigures
 	resilience *resilienceFigures
+	unix       *unixFigures
 }
 
 func met(ok bool) string {
@@ -164,6 +165,9 @@ func (r *report) print(w io.Writer, cfg config) {
 	if r.resilience != nil {
 		r.resilience.print(w)
 	}
+	if r.unix != nil {
+		r.unix.print(w, cfg.wrkConns)
+	}
 
 	fmt.Fprintf(w, "\nRounds:\n\n")
 	if cfg.want("cached") {
@@ -190,6 +194,9 @@ func (r *report) print(w io.Writer, cfg config) {
 	}
 	if r.resilience != nil {
 		r.resilience.printRounds(w)
+	}
+	if r.unix != nil {
+		r.unix.printRounds(w)
 	}
 	for _, n := range r.notes {
 		fmt.Fprintf(w, "- note: %s\n", n)
