@@ -42,6 +42,8 @@ type report struct {
 	flood      *floodFigures
 	shared     *sharedFigures
 	resilience *resilienceFigures
+	growth     *growthFigures
+	sql        *sqlFigures
 }
 
 func met(ok bool) string {
@@ -164,6 +166,7 @@ func (r *report) print(w io.Writer, cfg config) {
 	if r.resilience != nil {
 		r.resilience.print(w)
 	}
+	r.printCosts(w, false)
 
 	fmt.Fprintf(w, "\nRounds:\n\n")
 	if cfg.want("cached") {
@@ -191,6 +194,7 @@ func (r *report) print(w io.Writer, cfg config) {
 	if r.resilience != nil {
 		r.resilience.printRounds(w)
 	}
+	r.printCosts(w, true)
 	for _, n := range r.notes {
 		fmt.Fprintf(w, "- note: %s\n", n)
 	}
