@@ -228,3 +228,16 @@ func TestHandlerSlotWaitEnds(t *testing.T) {
 		close(release)
 	})
 }
+
+func TestCacheKeyHashSeparatesFields(t *testing.T) {
+	c := newLoginCache(time.Minute, 10)
+	if c.hash(cacheKey{"ab", "c", "u"}) == c.hash(cacheKey{"a", "bc", "u"}) {
+		t.Error("field boundaries are not part of the entry's key")
+	}
+	if c.hash(cacheKey{"m", "imap", "alice"}) != c.hash(cacheKey{"m", "imap", "alice"}) {
+		t.Error("the key's hash is not stable")
+	}
+	if newLoginCache(time.Minute, 10).hash(cacheKey{"m", "imap", "alice"}) == c.hash(cacheKey{"m", "imap", "alice"}) {
+		t.Error("two caches share seeds")
+	}
+}

@@ -3,6 +3,8 @@ package backend
 import (
 	"github.com/imapgate/imapgate/imapcheck"
 
+	"bufio"
+	"bytes"
 	"net/netip"
 	"strings"
 	"testing"
@@ -103,15 +105,24 @@ func FuzzParseUsersFile(f *testing.F) {
 			}
 			return
 		}
-		for key, b := range table {
-			if key == "" || strings.ContainsAny(key, " \t\r\n#") {
-				t.Errorf("bad user key %q", key)
+		// Every user a line lists is found, in its own case and folded,
+		// on a backend of the configuration.
+		sc := bufio.NewScanner(bytes.NewReader(data))
+		var fields [3][]byte
+		for sc.Scan() {
+			if lineFields(sc.Bytes(), &fields) == 0 {
+				continue
 			}
-			if foldUser(key) != key {
-				t.Errorf("key %q is not folded", key)
+			user := string(fields[0])
+			if strings.ContainsAny(user, " \t\r\n#") {
+				t.Errorf("bad user %q", user)
 			}
-			if b == nil || (bs[b.Name] != b && b != def) {
-				t.Errorf("user %q has a backend %v not from the configuration", key, b)
+			b := table.lookup(user)
+			if b == nil || table.lookup(foldUser(user)) != b {
+				t.Errorf("user %q: %v, folded %v", user, b, table.lookup(foldUser(user)))
+			}
+			if b != nil && bs[b.Name] != b && b != def {
+				t.Errorf("user %q has a backend %v not from the configuration", user, b)
 			}
 		}
 	})

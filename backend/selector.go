@@ -163,16 +163,5 @@ func foldRune(r rune) rune {
 // distinct. Dovecot's default auth_username_format %Lu lowercases names,
 // so users differing only in case are one user.
 func foldUser(user string) string {
-	var sb strings.Builder
-	sb.Grow(len(user))
-	for i := 0; i < len(user); {
-		r, size := utf8.DecodeRuneInString(user[i:])
-		if r == utf8.RuneError && size == 1 {
-			sb.WriteByte(user[i])
-		} else {
-			sb.WriteRune(foldRune(r))
-		}
-		i += size
-	}
-	return sb.String()
+	return string(appendFolded(make([]byte, 0, len(user)), user))
 }

@@ -1,8 +1,6 @@
 package backend
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -65,7 +63,7 @@ type UsersFile struct {
 	lineDefault *Backend
 	logger      *slog.Logger
 
-	table atomic.Pointer[map[string]*Backend]
+	table atomic.Pointer[usersTable]
 
 	// Settle is how long the file must hold still before a reload reads
 	// it; 0 means DefaultSettle. Set it before Watch or Reload runs.
@@ -108,12 +106,12 @@ func (u *UsersFile) Select(_ context.Context, user string) (*Backend, error) {
 	if user == "" {
 		return nil, nil
 	}
-	return (*u.table.Load())[foldUser(user)], nil
+	return u.table.Load().lookup(user), nil
 }
 
 // Len returns the number of users in the current table.
 func (u *UsersFile) Len() int {
-	return len(*u.table.Load())
+	return u.table.Load().len()
 }
 
 // DefaultSettle is how long a users file must hold still before it is
@@ -187,11 +185,11 @@ func (u *UsersFile) reload(ctx context.Context) error {
 			return err
 		case read != before:
 			continue // changed while it was read
-		case len(table) == 0 && u.Len() > 0:
+		case table.len() == 0 && u.Len() > 0:
 			return &ParseError{File: u.path, Reason: fmt.Sprintf("lists no users, where %d are loaded: refused, since a file being rewritten looks like that (to start with no users, restart imapgate)", u.Len())}
-		case float64(len(table)) < shrinkFraction*float64(u.Len()) && read != shrunk:
+		case float64(table.len()) < shrinkFraction*float64(u.Len()) && read != shrunk:
 			u.logger.Warn("users file shrank; taking a second look before installing it",
-				"users", u.Len(), "new_users", len(table), "in", u.settle().String())
+				"users", u.Len(), "new_users", table.len(), "in", u.settle().String())
 			shrunk = read
 			continue
 		}
@@ -234,19 +232,19 @@ func (u *UsersFile) load() error {
 }
 
 // install makes table the one Select uses.
-func (u *UsersFile) install(table map[string]*Backend, secondLook bool) {
-	u.table.Store(&table)
+func (u *UsersFile) install(table *usersTable, secondLook bool) {
+	u.table.Store(table)
 	if secondLook {
-		u.logger.Info("users file loaded", "users", len(table), "after", "a second look")
+		u.logger.Info("users file loaded", "users", table.len(), "after", "a second look")
 		return
 	}
-	u.logger.Info("users file loaded", "users", len(table))
+	u.logger.Info("users file loaded", "users", table.len())
 }
 
 // read reads and parses the file, and returns the table and the stamp of
 // the version read, taken after reading: if the file was written to
 // meanwhile, the stamp differs from the one before. u.mu must be held.
-func (u *UsersFile) read() (map[string]*Backend, fileStamp, error) {
+func (u *UsersFile) read() (*usersTable, fileStamp, error) {
 	f, err := os.Open(u.path)
 	if err != nil {
 		return nil, fileStamp{}, fmt.Errorf("users file: %w", err)
@@ -281,57 +279,6 @@ func (u *UsersFile) read() (map[string]*Backend, fileStamp, error) {
 		return nil, u.loaded, err
 	}
 	return table, u.loaded, nil
-}
-
-// parseUsers parses the contents of a users file into a table keyed by
-// foldUser.
-func parseUsers(data []byte, backends map[string]*Backend, lineDefault *Backend) (map[string]*Backend, error) {
-	table := make(map[string]*Backend)
-	firstLine := make(map[string]int)
-	sc := bufio.NewScanner(bytes.NewReader(data))
-	sc.Buffer(make([]byte, 0, 4096), MaxUsersFileLine)
-	n := 0
-	for sc.Scan() {
-		n++
-		line := sc.Text()
-		if i := strings.IndexByte(line, '#'); i >= 0 {
-			line = line[:i]
-		}
-		fields := strings.FieldsFunc(line, func(r rune) bool {
-			// '\r' so that files written on Windows parse too.
-			return r == ' ' || r == '\t' || r == '\r'
-		})
-		var b *Backend
-		switch len(fields) {
-		case 0:
-			continue
-		case 1:
-			if lineDefault == nil {
-				return nil, &ParseError{Line: n, Reason: fmt.Sprintf("user %q names no backend and no default for such lines is set (IMAPGATE_USERS_FILE_BACKEND)", fields[0])}
-			}
-			b = lineDefault
-		case 2:
-			var known bool
-			if b, known = backends[fields[1]]; !known {
-				return nil, &ParseError{Line: n, Reason: fmt.Sprintf("unknown backend %q for user %q", fields[1], fields[0])}
-			}
-		default:
-			return nil, &ParseError{Line: n, Reason: fmt.Sprintf("%d fields; want \"user\" or \"user backend\"", len(fields))}
-		}
-		key := foldUser(fields[0])
-		if prev, dup := firstLine[key]; dup {
-			return nil, &ParseError{Line: n, Reason: fmt.Sprintf("user %q already listed on line %d", fields[0], prev)}
-		}
-		firstLine[key] = n
-		table[key] = b
-	}
-	if err := sc.Err(); err != nil {
-		if errors.Is(err, bufio.ErrTooLong) {
-			return nil, &ParseError{Line: n + 1, Reason: fmt.Sprintf("line longer than %d bytes", MaxUsersFileLine)}
-		}
-		return nil, &ParseError{Line: n + 1, Reason: err.Error()}
-	}
-	return table, nil
 }
 
 // Watch reloads the file whenever it changes, until ctx is done. It polls

@@ -106,12 +106,12 @@ func TestParseUsers(t *testing.T) {
 		"carol": "mailhost02", "dave": "mailhost02", "ÉMILE": "mailhost01",
 		"x": "mailhost02",
 	}
-	if len(table) != len(want)-1 { // BOB is bob
-		t.Errorf("table has %d users, want %d", len(table), len(want)-1)
+	if table.len() != len(want)-1 { // BOB is bob
+		t.Errorf("table has %d users, want %d", table.len(), len(want)-1)
 	}
 	for user, name := range want {
-		b, ok := table[foldUser(user)]
-		if !ok || b.Name != name {
+		b := table.lookup(user)
+		if b == nil || b.Name != name {
 			t.Errorf("user %q: got %v, want %s", user, b, name)
 		}
 	}

@@ -18,7 +18,8 @@ type recordKey struct {
 // records (a flood's) never hold a second. Entries live in the table's
 // arena and link to the others of their level by index, oldest first, so
 // that a record costs no allocation of its own and the collector has
-// little to trace.
+// little to trace. The arena is made of chunks that never move: a table
+// that grows copies nothing.
 type entry struct {
 	key        recordKey
 	first      uint64
@@ -55,20 +56,23 @@ type list struct{ head, tail int32 }
 type table struct {
 	max       int
 	index     map[recordKey]int32
-	arena     [][]entry // chunks of chunkSize entries, the last one filling
-	used      int32     // entries handed out of the arena so far
+	chunks    [][]entry // the arena, chunks of 1<<chunkBits entries
+	chunkBits uint8
+	used      int32 // entries of the arena handed out, free ones included
 	free      []int32
 	levels    []list // by level: 0 .. the kind's limit
 	lastSweep time.Time
 }
 
-// chunkSize is how many entries the arena adds at a time. The arena grows
-// by whole chunks, so growing never copies (which costs more than its own
-// size again in garbage) and nothing is allocated before records arrive:
-// an arena made for every record at once would count as live heap from
-// the start and push the collector's goal up by tens of MiB, and the
-// process's peak memory with it.
-const chunkSize = 4096
+// maxChunkBits sets the largest chunk of a table's arena: 4,096 entries,
+// some 360 KiB. The arena was one slice, made for up to 128Ki records at
+// once and grown by append beyond: with IMAPGATE_LIMIT_MAX_TRACKED at 1M,
+// filling a table copied it again at each growth, some 5 times its size
+// in garbage (BenchmarkRecords: 780 MB allocated for 1M owner marks, and
+// twice the time per record of 100k). Chunks are made as records arrive:
+// an arena made at once would also count as live heap from the start and
+// raise the collector's goal, and the peak RSS, by tens of MiB.
+const maxChunkBits = 12
 
 // sweepEvery bounds how often a full table is swept for expired records
 // (a pass over all of them).
@@ -76,7 +80,12 @@ const sweepEvery = time.Second
 
 func newTable(max, limit int) *table {
 	// Levels are a byte: a limit above 255 counts at most 255.
-	t := &table{max: max, index: make(map[recordKey]int32), levels: make([]list, min(max0(limit), 255)+1)}
+	t := &table{max: max, index: make(map[recordKey]int32), levels: make([]list, min(max0(limit), 255)+1),
+		chunkBits: maxChunkBits}
+	// A small table (tests, a low setting) gets one chunk its size.
+	for max > 0 && t.chunkBits > 0 && 1<<(t.chunkBits-1) >= max {
+		t.chunkBits--
+	}
 	for i := range t.levels {
 		t.levels[i] = list{none, none}
 	}
@@ -85,16 +94,18 @@ func newTable(max, limit int) *table {
 
 func max0(n int) int { return max(n, 0) }
 
-func (t *table) at(i int32) *entry { return &t.arena[i/chunkSize][i%chunkSize] }
+func (t *table) at(i int32) *entry {
+	return &t.chunks[i>>t.chunkBits][i&(1<<t.chunkBits-1)]
+}
 
-// grow hands out the arena's next entry, adding a chunk when the last is
-// full.
+// grow hands out the arena's next entry, making a chunk when need be.
 func (t *table) grow() int32 {
-	if int(t.used) == len(t.arena)*chunkSize {
-		t.arena = append(t.arena, make([]entry, chunkSize))
+	i := t.used
+	if int(i>>t.chunkBits) == len(t.chunks) {
+		t.chunks = append(t.chunks, make([]entry, 1<<t.chunkBits))
 	}
 	t.used++
-	return t.used - 1
+	return i
 }
 
 func (t *table) push(i int32) {

@@ -79,7 +79,7 @@ type config struct {
 }
 
 // figures are the parts of the run, in order, as -only names them.
-var figures = []string{"cached", "latency", "e2e", "steady", "memory", "penalty", "guessing", "flood", "shared", "resilience", "unix"}
+var figures = []string{"cached", "latency", "e2e", "steady", "memory", "penalty", "guessing", "flood", "shared", "resilience", "unix", "growth", "sql"}
 
 func (c config) want(figure string) bool { return len(c.only) == 0 || c.only[figure] }
 
@@ -221,6 +221,8 @@ func run(cfg config) (err error) {
 		{"shared", "shared state", b.shared},
 		{"resilience", "hostile backends and a connection flood", b.resilience},
 		{"unix", "unix socket", b.unixSocket},
+		{"growth", "cost growth with the user base", b.growth},
+		{"sql", "100,000 users in SQL", b.sqlLogins},
 	} {
 		if !cfg.want(f.name) {
 			continue

@@ -43,6 +43,8 @@ type report struct {
 	shared     *sharedFigures
 	resilience *resilienceFigures
 	unix       *unixFigures
+	growth     *growthFigures
+	sql        *sqlFigures
 }
 
 func met(ok bool) string {
@@ -168,6 +170,7 @@ func (r *report) print(w io.Writer, cfg config) {
 	if r.unix != nil {
 		r.unix.print(w, cfg.wrkConns)
 	}
+	r.printCosts(w, false)
 
 	fmt.Fprintf(w, "\nRounds:\n\n")
 	if cfg.want("cached") {
@@ -198,6 +201,7 @@ func (r *report) print(w io.Writer, cfg config) {
 	if r.unix != nil {
 		r.unix.printRounds(w)
 	}
+	r.printCosts(w, true)
 	for _, n := range r.notes {
 		fmt.Fprintf(w, "- note: %s\n", n)
 	}
