@@ -2,6 +2,7 @@ package auth
 
 import (
 	"github.com/imapgate/imapgate/auth/state"
+	"strings"
 
 	"bytes"
 	"context"
@@ -234,7 +235,8 @@ func TestCacheKeyHashSeparatesFields(t *testing.T) {
 	if c.hash(cacheKey{"ab", "c", "u"}) == c.hash(cacheKey{"a", "bc", "u"}) {
 		t.Error("field boundaries are not part of the entry's key")
 	}
-	if c.hash(cacheKey{"m", "imap", "alice"}) != c.hash(cacheKey{"m", "imap", "alice"}) {
+	k1, k2 := cacheKey{"m", "imap", "alice"}, cacheKey{"m", "imap", strings.ToLower("ALICE")}
+	if c.hash(k1) != c.hash(k2) {
 		t.Error("the key's hash is not stable")
 	}
 	if newLoginCache(time.Minute, 10).hash(cacheKey{"m", "imap", "alice"}) == c.hash(cacheKey{"m", "imap", "alice"}) {

@@ -48,7 +48,7 @@ func (acceptAll) Verify(context.Context, imapcheck.Request) (imapcheck.Outcome, 
 // limits and check slots), its cache big enough for entries, its one
 // backend accepting everything, its log discarded.
 func inProcHandler(entries int, limits bool) (*auth.Handler, error) {
-	backends, err := backend.ParseBackends("bench="+ipBackend, backend.Ports{IMAP: 143, POP3: 110, SMTP: 25}, false)
+	backends, err := backend.ParseBackendsWith("bench="+ipBackend, backend.Defaults{Ports: backend.Ports{IMAP: 143, POP3: 110, SMTP: 25}})
 	if err != nil {
 		return nil, err
 	}
