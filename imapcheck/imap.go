@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/netip"
 	"strconv"
 	"strings"
 
@@ -39,21 +38,8 @@ func (s *session) imap(ctx context.Context, greeting string) *Error {
 		// 6.2.1 requires after the upgrade.
 		greeting = "* OK TLS established"
 	}
-	var server io.Reader = s.r
-	var forward *idAnswerFilter
-	if s.v.ForwardClientIP && s.req.ClientIP.IsValid() {
-		if e := imapForwardClient(s.conn, s.req.ClientIP); e != nil {
-			return e
-		}
-		// The login goes out behind the ID without waiting for its
-		// answer (RFC 9051 section 5.5 allows the pipelining): one round
-		// trip less. The answer is taken out of what imapclient reads.
-		forward = &idAnswerFilter{r: s.r}
-		server = forward
-	}
-	replay := io.MultiReader(strings.NewReader(greeting+"\r\n"), server)
-
-	c := imapclient.New(&greetedConn{Conn: s.conn, r: replay}, nil)
+	conn, forward := s.imapConn(greeting)
+	c := imapclient.New(conn, nil)
 	defer func() {
 		// Close returns only once the client's reader goroutine, which
 		// owns the filter, has ended; only then is forward.done ours.
@@ -168,16 +154,26 @@ func (s *session) imapStartTLS(ctx context.Context) *Error {
 // address; imapclient's own tags are never it.
 const forwardTag = "F1"
 
-// imapForwardClient tells the server the client's address with the ID
-// command (RFC 2971) and Dovecot's "x-originating-ip" field, before
-// imapclient takes over the connection (its ID cannot carry that field).
-// The server's answer does not matter: one that does not know ID, or does
-// not trust us, goes on as if nothing was said.
-func imapForwardClient(conn io.Writer, ip netip.Addr) *Error {
-	if _, err := fmt.Fprintf(conn, "%s ID (\"x-originating-ip\" \"%s\")\r\n", forwardTag, ip.Unmap()); err != nil {
-		return &Error{Outcome: Temporary, Err: fmt.Errorf("ID: %w", err)}
+// imapConn is the connection imapclient is given: its reads start with
+// the greeting, already read. When the client's address is forwarded, the
+// ID command (RFC 2971) with Dovecot's "x-originating-ip" field goes out
+// ahead of imapclient's first command, in the same write: the login is
+// pipelined behind the ID without waiting for its answer (RFC 9051
+// section 5.5), one round trip less, and the server reads both at once.
+// The server's answer to the ID does not matter (one that does not know
+// ID, or does not trust us, goes on as if nothing was said); forward
+// takes it out of what imapclient reads. (imapclient's own ID cannot
+// carry that field.)
+func (s *session) imapConn(greeting string) (conn *greetedConn, forward *idAnswerFilter) {
+	var server io.Reader = s.r
+	conn = &greetedConn{Conn: s.conn}
+	if s.v.ForwardClientIP && s.req.ClientIP.IsValid() {
+		conn.ahead = fmt.Appendf(nil, "%s ID (\"x-originating-ip\" \"%s\")\r\n", forwardTag, s.req.ClientIP.Unmap())
+		forward = &idAnswerFilter{r: s.r}
+		server = forward
 	}
-	return nil
+	conn.r = io.MultiReader(strings.NewReader(greeting+"\r\n"), server)
+	return conn, forward
 }
 
 // idAnswerFilter passes the server's lines on to imapclient, but for the
@@ -249,10 +245,21 @@ func literalSize(line []byte) (int, bool) {
 }
 
 // greetedConn is a net.Conn whose reads come from r, which starts with the
-// greeting.
+// greeting, and whose first write sends ahead before what it is given.
 type greetedConn struct {
 	net.Conn
-	r io.Reader
+	r     io.Reader
+	ahead []byte
 }
 
 func (c *greetedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+
+func (c *greetedConn) Write(p []byte) (int, error) {
+	if c.ahead == nil {
+		return c.Conn.Write(p)
+	}
+	b := append(c.ahead, p...)
+	c.ahead = nil
+	n, err := c.Conn.Write(b)
+	return max(0, n-(len(b)-len(p))), err
+}
