@@ -55,8 +55,8 @@ type Redis struct {
 	// controls is this process's view of the operator's drains and holds.
 	controls LocalControls
 	jobs     chan func(context.Context)
-	stop   context.CancelFunc
-	wg     sync.WaitGroup
+	stop     context.CancelFunc
+	wg       sync.WaitGroup
 	// changeMu orders OnChange calls.
 	changeMu sync.Mutex
 }
