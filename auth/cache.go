@@ -1,8 +1,11 @@
 package auth
 
 import (
+	"cmp"
 	"crypto/hmac"
 	"crypto/sha256"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 )
@@ -115,4 +118,55 @@ func (c *loginCache) len() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return len(c.entries)
+}
+
+// CachedLogin is a verified login the cache remembers, as the operator
+// may see it: whose, where and until when; never anything derived from
+// the password.
+type CachedLogin struct {
+	Backend  string    `json:"backend"`
+	Protocol string    `json:"protocol"`
+	Expires  time.Time `json:"expires"`
+}
+
+// lookupUser lists the live entries for user, whatever the backend and
+// protocol (user names match case-insensitively, as the selectors do).
+func (c *loginCache) lookupUser(user string) []CachedLogin {
+	if c == nil {
+		return nil
+	}
+	now := c.now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []CachedLogin
+	for k, e := range c.entries {
+		if strings.EqualFold(k.user, user) && now.Before(e.expires) {
+			out = append(out, CachedLogin{Backend: k.backend, Protocol: k.protocol, Expires: e.expires})
+		}
+	}
+	slices.SortFunc(out, func(a, b CachedLogin) int {
+		return cmp.Or(strings.Compare(a.Backend, b.Backend), strings.Compare(a.Protocol, b.Protocol))
+	})
+	return out
+}
+
+// forgetUser drops every entry for user (after a password change, so that
+// the next login is checked) and returns how many live ones it dropped.
+func (c *loginCache) forgetUser(user string) int {
+	if c == nil {
+		return 0
+	}
+	now := c.now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := 0
+	for k, e := range c.entries {
+		if strings.EqualFold(k.user, user) {
+			if now.Before(e.expires) {
+				n++
+			}
+			delete(c.entries, k)
+		}
+	}
+	return n
 }
