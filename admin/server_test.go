@@ -69,7 +69,7 @@ type fixture struct {
 
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
-	backends, err := backend.ParseBackends("mailhost01=192.0.2.1;mailhost02=192.0.2.2", backend.Ports{}, false)
+	backends, err := backend.ParseBackendsWith("mailhost01=192.0.2.1;mailhost02=192.0.2.2", backend.Defaults{})
 	if err != nil {
 		t.Fatal(err)
 	}
