@@ -78,6 +78,10 @@ func printExplanation(w io.Writer, x auth.Explanation, now time.Time) {
 	row("verdict", x.Verdict)
 	row("limits", explainLimits(x))
 	for _, r := range x.Records {
+		if r.Kind == state.Owner {
+			row("", "owner mark: the user logged in from this network; expires "+when(r.Expires, now))
+			continue
+		}
 		row("", fmt.Sprintf("%s count %d of %d%s, expires %s", r.Kind, r.Failures, r.Limit, map[bool]string{true: ", blocked"}[r.Blocked], when(r.Expires, now)))
 	}
 	row("hold", "none")
