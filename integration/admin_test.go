@@ -322,3 +322,107 @@ func readyzAt(t *testing.T, addr string) string {
 	b, _ := io.ReadAll(resp.Body)
 	return string(b)
 }
+
+// TestAdminAcrossReplicas: two imapgates (each behind its own nginx)
+// sharing their state through Debian's redis-server: a lift, a drain and
+// a hold made through one replica's admin API take effect on the other.
+func TestAdminAcrossReplicas(t *testing.T) {
+	t.Parallel()
+	e := requireEnv(t)
+	ctx := ctxFor(t, 4*time.Minute)
+	redis, err := e.StartRedis(ctx, "redis-admin", ipAdminRedis, 6379)
+	if err != nil {
+		t.Fatal(err)
+	}
+	startIsolatedBackend(t, "adminhost03", ipAdminReplica1, true)
+	startIsolatedBackend(t, "adminhost04", ipAdminReplica2, true)
+	var gws []*harness.Gateway
+	for _, ip := range []string{ipAdminGatewayA, ipAdminGatewayB} {
+		settings := adminSettings(ip, ipAdminReplica1, ipAdminReplica2)
+		settings["IMAPGATE_STATE_URL"] = redis.URL()
+		gw, err := e.StartGateway(ctx, harness.GatewayConfig{IP: ip, Env: settings})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			if err := gw.Close(); err != nil {
+				t.Errorf("gateway %s: %v", gw.Name, err)
+			}
+			if t.Failed() {
+				t.Logf("imapgate log (%s):\n%s", gw.Name, lastLines(gw.Imapgate.Output(), 40))
+			}
+		})
+		gws = append(gws, gw)
+	}
+	// Their /metrics are on the operations listeners (waitShared asks the
+	// auth listener).
+	waitMetric(t, ipAdminGatewayA+":9181", "imapgate_state_shared", 1)
+	waitMetric(t, ipAdminGatewayB+":9181", "imapgate_state_shared", 1)
+	a, b := gws[0], gws[1]
+	opA, opB := adminCLI(t, e, ipAdminGatewayA), adminCLI(t, e, ipAdminGatewayB)
+
+	// Blocked through A, explained through B, lifted through A: the owner
+	// gets in from the attacked network through B at once.
+	blockAmy(ctx, t, e, a, "replicas")
+	opB.ok(ctx, []string{"verdict  throttled by the pair limit"}, "explain", "-user", "amy", "-client", "127.0.131.70")
+	opA.ok(ctx, []string{"lifted 1 record:"}, "lift", "-user", "amy", "-network", adminAttackerNet)
+	if err := imapLogin(ctx, adminAttacker(70), b.IMAPAddr, "amy", e.Password("mailhost02", "amy")); err != nil {
+		t.Errorf("the owner through B right after the lift on A: %v", err)
+	}
+
+	// Drained on A: B answers amy "try later" and shows the drain.
+	opA.ok(ctx, []string{"drained mailhost01"}, "drain", "mailhost01")
+	waitMetric(t, ipAdminGatewayB+":9181", `imapgate_backend_drained{backend="mailhost01"}`, 1)
+	err = imapLogin(ctx, e.ClientDialer(), b.IMAPAddr, "amy", e.Password("mailhost02", "amy"))
+	if err == nil || imapErrorText(err) != temporaryText {
+		t.Errorf("amy through B with mailhost01 drained on A: %v, want NO %s", err, temporaryText)
+	}
+	if body := readyzAt(t, ipAdminGatewayB+":9181"); !strings.Contains(body, "drained by the operator: mailhost01") {
+		t.Errorf("B's /readyz with the drain made on A: %q", body)
+	}
+	opB.ok(ctx, []string{"undrained mailhost01"}, "undrain", "mailhost01")
+	waitMetric(t, ipAdminGatewayA+":9181", `imapgate_backend_drained{backend="mailhost01"}`, 0)
+	if err := imapLogin(ctx, e.ClientDialer(), a.IMAPAddr, "amy", e.Password("mailhost02", "amy")); err != nil {
+		t.Errorf("amy through A after the undrain on B: %v", err)
+	}
+
+	// Held on B: A tells nginx WAIT.
+	opB.ok(ctx, []string{"holding zoe"}, "hold", "-user", "zoe", "-wait", "2")
+	waitAnswer(ctx, t, a, "zoe", "WAIT")
+	opA.ok(ctx, []string{"HELD", "zoe"}, "controls")
+	opA.ok(ctx, []string{"released zoe"}, "unhold", "zoe")
+	waitAnswer(ctx, t, b, "zoe", "OK")
+	auditLine(ctx, t, a, 0, "oncall", "drain", "ok")
+	auditLine(ctx, t, b, 0, "oncall", "hold", "ok")
+}
+
+// waitMetric waits a few seconds for series at addr to be want (a push
+// through the store is not instant).
+func waitMetric(t *testing.T, addr, series string, want float64) {
+	t.Helper()
+	var v float64
+	var err error
+	for end := time.Now().Add(10 * time.Second); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+		if v, err = metricAt(addr, series); err == nil && v == want {
+			return
+		}
+	}
+	t.Errorf("%s at %s: %v, %v; want %v", series, addr, v, err, want)
+}
+
+// waitAnswer waits a few seconds for gw to answer user's right password
+// with Auth-Status status (sent as nginx would, straight to imapgate).
+func waitAnswer(ctx context.Context, t *testing.T, gw *harness.Gateway, user, status string) {
+	t.Helper()
+	var got string
+	for end := time.Now().Add(10 * time.Second); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+		h, err := gw.AuthRequest(ctx, "imap", user, env.Password("mailhost02", user), map[string]string{"Client-IP": "127.0.2.201"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got = h.Get("Auth-Status"); got == status {
+			return
+		}
+	}
+	t.Errorf("%s's login through %s: Auth-Status %q, want %q", user, gw.Name, got, status)
+}
