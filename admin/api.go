@@ -41,8 +41,12 @@ type RecordsReply struct {
 
 // FlushReply answers flush.
 type FlushReply struct {
-	User    string `json:"user"`
-	Flushed int    `json:"flushed"`
+	User string `json:"user"`
+	// Flushed counts the cached logins this imapgate forgot; Replicas
+	// says every imapgate sharing the state store was asked to as well.
+	Flushed  int    `json:"flushed"`
+	Replicas bool   `json:"replicas"`
+	Warning  string `json:"warning,omitempty"`
 }
 
 // ControlReply answers drain, undrain, hold and unhold: the change, and

@@ -30,7 +30,7 @@ const Usage = `usage: imapgate admin VERB [flags]
   lift     [-user U] [-network N]              lift the blocks (reset the counts) of a user,
                                                a network, or the pair
   explain  -user U -client ADDR [-protocol P]  what a login would meet, changing nothing
-  flush    -user U                             forget U's verified logins (this imapgate's cache)
+  flush    -user U                             forget U's verified logins (every replica's, with a store)
   drain    BACKEND [-to ALTERNATE]             new logins for BACKEND: "try later", or ALTERNATE
   undrain  BACKEND
   hold     -user U [-wait SECONDS]             nginx waits and asks again until unhold (default 5 s)
@@ -198,6 +198,8 @@ func warningOf(reply any) string {
 		return r.Warning
 	case *ControlsReply:
 		return r.Warning
+	case *FlushReply:
+		return r.Warning
 	}
 	return ""
 }
@@ -266,6 +268,9 @@ func runFlush(ctx context.Context, c *Client, o *options) (any, func(io.Writer),
 	err := c.call(ctx, pathFlush, nil, Target{User: o.user}, &r)
 	return &r, func(w io.Writer) {
 		fmt.Fprintf(w, "flushed %s of %s: the next login is checked on the backend\n", plural(r.Flushed, "cached login"), r.User)
+		if r.Replicas {
+			fmt.Fprintln(w, "every imapgate sharing the state store was asked to flush them too")
+		}
 	}, err
 }
 

@@ -109,8 +109,18 @@ func (s *Server) flush(r *http.Request, _ string) outcome {
 	if err != nil {
 		return badRequest("user="+t.User, err)
 	}
-	n := s.Logins.Flush(t.User)
-	o := ok(FlushReply{User: t.User, Flushed: n}, "user="+t.User, "")
-	o.result = "ok: " + plural(n, "cached login") + " flushed"
+	reply := FlushReply{User: t.User, Flushed: s.Logins.Flush(t.User)}
+	if s.Replicas != nil {
+		w, err := localOnly(s.Replicas.Flush(r.Context(), t.User))
+		if err != nil {
+			return failed(http.StatusInternalServerError, err.Error())
+		}
+		reply.Replicas, reply.Warning = w == "", w
+	}
+	o := ok(reply, "user="+t.User, reply.Warning)
+	o.result = strings.Replace(o.result, "ok", "ok: "+plural(reply.Flushed, "cached login")+" flushed", 1)
+	if reply.Replicas {
+		o.result += ", every replica asked"
+	}
 	return o
 }

@@ -23,6 +23,12 @@ type Logins interface {
 	Flush(user string) int
 }
 
+// Flusher asks every imapgate to flush a user's cached logins;
+// *state.Redis is one.
+type Flusher interface {
+	Flush(ctx context.Context, user string) error
+}
+
 // Server is the admin API. Its fields are set once before it serves.
 type Server struct {
 	// Tokens are the tokens accepted; every request needs one.
@@ -33,6 +39,10 @@ type Server struct {
 	Controls state.Controls
 	// Logins explains logins and flushes cached ones.
 	Logins Logins
+	// Replicas, when set, carries a flush to every imapgate sharing the
+	// state store (each keeps its cache in its process); nil flushes
+	// this one only.
+	Replicas Flusher
 	// Backends names the backends a drain may name.
 	Backends []string
 	// Logger gets the audit lines; nil means slog.Default().

@@ -392,3 +392,38 @@ func TestAPIBadInput(t *testing.T) {
 		t.Errorf("bad input lifted the block: %q", got)
 	}
 }
+
+// flushRecorder stands in for the replicas a flush is carried to.
+type flushRecorder struct {
+	users []string
+	err   error
+}
+
+func (f *flushRecorder) Flush(_ context.Context, user string) error {
+	f.users = append(f.users, user)
+	return f.err
+}
+
+// With a shared store a flush is carried to every replica too; a store
+// that cannot be reached is a warning, the local flush done.
+func TestAPIFlushReplicas(t *testing.T) {
+	f := newFixture(t)
+	rec := &flushRecorder{}
+	tokens, _ := ParseTokens(testToken)
+	api := httptest.NewServer((&Server{Tokens: tokens, Store: f.store, Controls: f.controls, Logins: f.handler, Replicas: rec,
+		Logger: slog.New(slog.NewTextHandler(f.log, nil))}).Handler())
+	f.api.Close() // the fixture's, without replicas; the cleanup closes this one
+	f.api = api
+	_, body := f.call(t, "POST", "/admin/v1/flush", testToken, `{"user":"bob"}`)
+	if r := decodeBody[FlushReply](t, body); !r.Replicas || r.Warning != "" || len(rec.users) != 1 || rec.users[0] != "bob" {
+		t.Errorf("flush with replicas: %s, carried %v", body, rec.users)
+	}
+	rec.err = state.ErrLocalOnly
+	_, body = f.call(t, "POST", "/admin/v1/flush", testToken, `{"user":"bob"}`)
+	if r := decodeBody[FlushReply](t, body); r.Replicas || !strings.Contains(r.Warning, "this process only") {
+		t.Errorf("flush with the store down: %s", body)
+	}
+	if !strings.Contains(f.log.String(), `result="ok: 0 cached logins flushed, every replica asked"`) {
+		t.Errorf("audit lines:\n%s", strings.Join(f.auditLines(), "\n"))
+	}
+}

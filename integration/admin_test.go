@@ -324,8 +324,9 @@ func readyzAt(t *testing.T, addr string) string {
 }
 
 // TestAdminAcrossReplicas: two imapgates (each behind its own nginx)
-// sharing their state through Debian's redis-server: a lift, a drain and
-// a hold made through one replica's admin API take effect on the other.
+// sharing their state through Debian's redis-server: a lift, a drain, a
+// hold and a flush made through one replica's admin API take effect on
+// the other.
 func TestAdminAcrossReplicas(t *testing.T) {
 	t.Parallel()
 	e := requireEnv(t)
@@ -392,8 +393,29 @@ func TestAdminAcrossReplicas(t *testing.T) {
 	opA.ok(ctx, []string{"HELD", "zoe"}, "controls")
 	opA.ok(ctx, []string{"released zoe"}, "unhold", "zoe")
 	waitAnswer(ctx, t, b, "zoe", "OK")
+	// Cached on B, flushed through A: B checks the next login again.
+	bobOnB := func() harness.LoginRecord {
+		from := b.Imapgate.Len()
+		if err := imapLogin(ctx, e.ClientDialer(), b.IMAPAddr, "bob", e.Password("mailhost02", "bob")); err != nil {
+			t.Fatalf("bob through B: %v", err)
+		}
+		rec, err := b.WaitLogin(ctx, from, "bob", "imap")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return rec
+	}
+	bobOnB()
+	if rec := bobOnB(); rec.Get("cached") != "true" {
+		t.Errorf("bob's second login through B: cached=%s, want true", rec.Get("cached"))
+	}
+	opA.ok(ctx, []string{"every imapgate sharing the state store was asked"}, "flush", "-user", "bob")
+	if rec := bobOnB(); rec.Get("cached") != "false" {
+		t.Errorf("bob through B after the flush through A: cached=%s, want a check", rec.Get("cached"))
+	}
 	auditLine(ctx, t, a, 0, "oncall", "drain", "ok")
 	auditLine(ctx, t, b, 0, "oncall", "hold", "ok")
+	auditLine(ctx, t, a, 0, "oncall", "flush", "ok")
 }
 
 // waitMetric waits a few seconds for series at addr to be want (a push

@@ -131,3 +131,33 @@ func TestRedisControlsFallBack(t *testing.T) {
 		t.Errorf("SetHold once shared again: %v", err)
 	}
 }
+
+// A flush is pushed to every store's OnFlush, the sender's included;
+// with the store down it says it could not be.
+func TestRedisFlushPushed(t *testing.T) {
+	mr := miniredis.RunT(t)
+	a, b := newTestRedis(t, mr, sharedLimits, nil), newTestRedis(t, mr, sharedLimits, nil)
+	got := make(chan string, 2)
+	a.OnFlush(func(user string) { got <- "a " + user })
+	b.OnFlush(func(user string) { got <- "b " + user })
+	subscribed(t, mr, 2)
+	if err := a.Flush(ctx, "carol"); err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]bool{}
+	for range 2 {
+		select {
+		case s := <-got:
+			seen[s] = true
+		case <-time.After(5 * time.Second):
+			t.Fatalf("flushes pushed: %v, want a and b", seen)
+		}
+	}
+	if !seen["a carol"] || !seen["b carol"] {
+		t.Errorf("flushes pushed: %v", seen)
+	}
+	mr.Close()
+	if err := b.Flush(ctx, "carol"); !errors.Is(err, ErrLocalOnly) {
+		t.Errorf("Flush with the store down: %v, want ErrLocalOnly", err)
+	}
+}

@@ -54,9 +54,11 @@ type Redis struct {
 	blocks blockView
 	// controls is this process's view of the operator's drains and holds.
 	controls LocalControls
-	jobs     chan func(context.Context)
-	stop     context.CancelFunc
-	wg       sync.WaitGroup
+	// onFlush forgets a user's cached logins here, on a pushed flush.
+	onFlush atomic.Pointer[func(user string)]
+	jobs    chan func(context.Context)
+	stop    context.CancelFunc
+	wg      sync.WaitGroup
 	// changeMu orders OnChange calls.
 	changeMu sync.Mutex
 }

@@ -141,3 +141,35 @@ func mustJSON(v any) string {
 	b, _ := json.Marshal(v)
 	return string(b)
 }
+
+// flushMessage starts the push that asks every imapgate to forget a
+// user's cached logins: "f USER".
+const flushMessage = "f"
+
+// OnFlush sets the function a pushed flush calls with the user (the
+// login handler's cache is in each process; the store only carries the
+// word). Until it is set, pushed flushes are dropped.
+func (r *Redis) OnFlush(flush func(user string)) { r.onFlush.Store(&flush) }
+
+// Flush asks every imapgate sharing the store (this one included) to
+// forget user's cached logins; ErrLocalOnly when the store cannot be
+// reached.
+func (r *Redis) Flush(ctx context.Context, user string) error {
+	if !r.shared.Load() {
+		return ErrLocalOnly
+	}
+	octx, cancel := r.opCtx(ctx)
+	defer cancel()
+	if err := r.client.Publish(octx, redisChannel, flushMessage+" "+user).Err(); err != nil {
+		r.fail(err)
+		return fmt.Errorf("%w (%v)", ErrLocalOnly, err)
+	}
+	return nil
+}
+
+// applyFlush runs a pushed flush.
+func (r *Redis) applyFlush(user string) {
+	if f := r.onFlush.Load(); f != nil && user != "" {
+		(*f)(user)
+	}
+}

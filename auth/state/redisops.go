@@ -90,8 +90,9 @@ func (r *Redis) loadBlocks(ctx context.Context) error {
 }
 
 // subscribe applies the blocks and lifts the server pushes: "b TTL NAME"
-// (blocked for TTL ms) and "u NAME" (lifted), and reloads the operator's
-// controls on "c" (changed).
+// (blocked for TTL ms) and "u NAME" (lifted), reloads the operator's
+// controls on "c" (changed), and forgets a user's cached logins on
+// "f USER".
 func (r *Redis) subscribe(ctx context.Context) {
 	defer r.wg.Done()
 	ps := r.client.Subscribe(ctx, redisChannel)
@@ -132,6 +133,8 @@ func (r *Redis) apply(msg string) {
 		}
 	case controlsChanged:
 		r.reloadControls()
+	case flushMessage:
+		r.applyFlush(rest)
 	}
 }
 

@@ -94,6 +94,11 @@ func newService(s *settings) *service {
 		Controls:     svc.controls,
 		Backends:     s.backends,
 	}
+	if svc.state != nil {
+		// Each replica's cache is its own: a flush made through any
+		// replica's admin API reaches this one through the store.
+		svc.state.OnFlush(func(user string) { svc.handler.Flush(user) })
+	}
 	svc.admin = svc.newAdmin(s)
 	svc.registerServiceMetrics()
 	return svc
@@ -110,8 +115,12 @@ func (svc *service) newAdmin(s *settings) *admin.Server {
 		names = append(names, name)
 	}
 	slices.Sort(names)
-	return &admin.Server{Tokens: s.adminTokens, Store: svc.store, Controls: svc.controls, Logins: svc.handler,
+	srv := &admin.Server{Tokens: s.adminTokens, Store: svc.store, Controls: svc.controls, Logins: svc.handler,
 		Backends: names, Logger: s.logger}
+	if svc.state != nil {
+		srv.Replicas = svc.state
+	}
+	return srv
 }
 
 // directoryChanged logs and counts a routing directory turning up or
