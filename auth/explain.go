@@ -1,9 +1,11 @@
 package auth
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"net/netip"
+	"slices"
 
 	"github.com/imapgate/imapgate/auth/state"
 	"github.com/imapgate/imapgate/backend"
@@ -108,6 +110,8 @@ func (h *Handler) explainLimits(ctx context.Context, a *attempt, x *Explanation)
 			x.Owner = x.Owner || r.Kind == state.Owner
 		}
 	}
+	// A shared store lists them in no order.
+	slices.SortFunc(x.Records, func(a, b state.Record) int { return cmp.Compare(a.Kind, b.Kind) })
 	k := h.limiter.blocked(ctx, a)
 	if k == 0 {
 		return ""
