@@ -40,7 +40,7 @@ integration: deps
 ## integration-core: the scenarios whose outcome depends on how Dovecot and
 ## imapgate run (processes or containers): .ci/run runs them once more each
 ## way after make test, which runs every scenario once.
-CORE_SCENARIOS = ^(TestFirstLetterRouting|TestUsersFileRouting|TestBackendByHostName|TestWrongPasswordNeverProxied|TestSMTPWrongPasswordRelaysNothing|TestSpecialCharacterPasswords|TestBackendDownIsTemporary|TestVerifyOverTLS|TestUsersFileReload|TestSIGHUPReloadsUsersFile|TestCacheAndCoalescing|TestGuessingLimits|TestMetricsAndReadiness|TestClientVisibleCodes|TestHostileBackends|TestBackendComesBack|TestSharedStateTwoGateways|TestOperatorAdmin)$$
+CORE_SCENARIOS = ^(TestFirstLetterRouting|TestUsersFileRouting|TestBackendByHostName|TestWrongPasswordNeverProxied|TestSMTPWrongPasswordRelaysNothing|TestSpecialCharacterPasswords|TestBackendDownIsTemporary|TestVerifyOverTLS|TestUsersFileReload|TestSIGHUPReloadsUsersFile|TestCacheAndCoalescing|TestGuessingLimits|TestMetricsAndReadiness|TestClientVisibleCodes|TestHostileBackends|TestBackendComesBack|TestSharedStateTwoGateways|TestOperatorAdmin|TestAdminAcrossReplicas)$$
 integration-core: deps
 	$(GO) test -race -count=1 -timeout 30m -run '$(CORE_SCENARIOS)' ./integration/...
 

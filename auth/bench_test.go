@@ -126,7 +126,7 @@ func BenchmarkCacheLookup(b *testing.B) {
 // log), whose log goes nowhere and whose verifier says OK to everything.
 func benchHandler(b *testing.B) *Handler {
 	b.Helper()
-	backends, err := backend.ParseBackends("mailhost01=192.0.2.22;mailhost02=192.0.2.33", backend.Ports{}, false)
+	backends, err := backend.ParseBackendsWith("mailhost01=192.0.2.22;mailhost02=192.0.2.33", backend.Defaults{})
 	if err != nil {
 		b.Fatal(err)
 	}

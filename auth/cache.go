@@ -1,9 +1,12 @@
 package auth
 
 import (
+	"cmp"
 	"crypto/hmac"
 	"crypto/sha256"
 	"hash/maphash"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 )
@@ -39,9 +42,18 @@ type loginCache struct {
 // keyHash is a cacheKey's hash, an entry's key.
 type keyHash [2]uint64
 
-// cacheKey names whose login an entry is for.
+// cacheKey names whose login an entry is for; newCacheKey makes one.
 type cacheKey struct {
 	backend, protocol, user string
+}
+
+// newCacheKey is the key of user's entry for backend and protocol. The
+// user is folded, so that the operator can find and flush an entry
+// whatever the case it was logged in with: a login as "Alice" and one as
+// "alice" share the entry, and since its digest covers the user as sent,
+// the other's login is checked once more, nothing else.
+func newCacheKey(backend, protocol, user string) cacheKey {
+	return cacheKey{backend: backend, protocol: protocol, user: strings.ToLower(user)}
 }
 
 type cacheEntry struct {
@@ -140,4 +152,66 @@ func (c *loginCache) len() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return len(c.entries)
+}
+
+// CachedLogin is a verified login the cache remembers, as the operator
+// may see it: whose, where and until when; never anything derived from
+// the password.
+type CachedLogin struct {
+	Backend  string    `json:"backend"`
+	Protocol string    `json:"protocol"`
+	Expires  time.Time `json:"expires"`
+}
+
+// cacheProtocols are the protocols an entry can be for: the protocol the
+// check speaks (an SMTP login is checked over IMAP or POP3).
+var cacheProtocols = []string{"imap", "pop3", "smtp"}
+
+// lookupUser lists the live entries for user on backends (entries are
+// keyed by a hash, so the cache cannot list them by user itself; user
+// names match case-insensitively, as the key folds them).
+func (c *loginCache) lookupUser(user string, backends []string) []CachedLogin {
+	if c == nil {
+		return nil
+	}
+	now := c.now().UnixNano()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []CachedLogin
+	for _, b := range backends {
+		for _, p := range cacheProtocols {
+			if e, ok := c.entries[c.hash(newCacheKey(b, p, user))]; ok && now < e.expires {
+				out = append(out, CachedLogin{Backend: b, Protocol: p, Expires: time.Unix(0, e.expires)})
+			}
+		}
+	}
+	slices.SortFunc(out, func(a, b CachedLogin) int {
+		return cmp.Or(strings.Compare(a.Backend, b.Backend), strings.Compare(a.Protocol, b.Protocol))
+	})
+	return out
+}
+
+// forgetUser drops every entry for user on backends (after a password
+// change, so that the next login is checked) and returns how many live
+// ones it dropped.
+func (c *loginCache) forgetUser(user string, backends []string) int {
+	if c == nil {
+		return 0
+	}
+	now := c.now().UnixNano()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := 0
+	for _, b := range backends {
+		for _, p := range cacheProtocols {
+			kh := c.hash(newCacheKey(b, p, user))
+			if e, ok := c.entries[kh]; ok {
+				if now < e.expires {
+					n++
+				}
+				delete(c.entries, kh)
+			}
+		}
+	}
+	return n
 }

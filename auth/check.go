@@ -35,7 +35,7 @@ var errNoSlot = errors.New("no check slot free")
 // (backend, protocol, user), holding the digest of user and password, so a
 // hit means this very password was accepted.
 func (t target) cacheKey(a *attempt) cacheKey {
-	return cacheKey{backend: t.backend.Name, protocol: string(t.proto), user: a.req.User}
+	return newCacheKey(t.backend.Name, string(t.proto), a.req.User)
 }
 
 // verify learns whether the backend accepts the attempt's credentials:

@@ -103,6 +103,12 @@ type Handler struct {
 	// AllowFrom, when not empty, lists the networks requests may come
 	// from (nginx's addresses); others get HTTP 403.
 	AllowFrom []netip.Prefix
+	// Controls, when set, holds the operator's drains and holds
+	// (operator.go); nil means none.
+	Controls state.Controls
+	// Backends are the backends by name, where a drain's alternate is
+	// found.
+	Backends map[string]*backend.Backend
 
 	once    sync.Once
 	fp      *state.Digester

@@ -50,9 +50,9 @@ func (f fakeResolver) Resolve(ctx context.Context, host string) (netip.Addr, err
 
 func testBackends(t *testing.T) map[string]*backend.Backend {
 	t.Helper()
-	backends, err := backend.ParseBackends(
+	backends, err := backend.ParseBackendsWith(
 		"mailhost01=192.0.2.22;mailhost02=2001:db8::33;named=mail.example;cyrus=imap://192.0.2.44:9143,pop3://192.0.2.44:9110",
-		backend.Ports{}, false)
+		backend.Defaults{})
 	if err != nil {
 		t.Fatal(err)
 	}

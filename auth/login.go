@@ -66,12 +66,15 @@ type target struct {
 	// trial: the backend is marked down or degraded, and this check is
 	// the one allowed to find out whether it is back.
 	trial bool
+	// drained names the backend the operator drained to this one.
+	drained string
 }
 
-// login verifies a cleartext login: guard (the guessing limits), route
-// (the user's backend, and whether it can be asked), verify (the cache, or
-// a real login on the backend once the limits admit it) and conclude
-// (what the result means for the client, the cache and the limits).
+// login verifies a cleartext login: guard (the guessing limits), hold (the
+// operator's hold on the user), route (the user's backend, the operator's
+// drain of it, and whether it can be asked), verify (the cache, or a real
+// login on the backend once the limits admit it) and conclude (what the
+// result means for the client, the cache and the limits).
 func (h *Handler) login(ctx context.Context, req Request) Verdict {
 	if req.User == "" || req.Password == "" {
 		return Verdict{Outcome: OutcomeRejected, Reason: ReasonEmptyCredentials}
@@ -79,6 +82,9 @@ func (h *Handler) login(ctx context.Context, req Request) Verdict {
 	a := &attempt{req: req, limitUser: limitUser(h.fp, req.User), network: state.NetworkOf(req.ClientIP)}
 	a.sum = h.fp.Sum(a.limitUser, req.Password)
 	if v, blocked := h.guard(ctx, a); blocked {
+		return v
+	}
+	if v, held := h.hold(a); held {
 		return v
 	}
 	t, v, ok := h.route(ctx, a)
@@ -131,7 +137,10 @@ func (h *Handler) route(ctx context.Context, a *attempt) (target, Verdict, bool)
 	if len(trace.Stale) > 0 {
 		t.stale = trace.Stale[0].Directory
 	}
-	v := Verdict{Outcome: OutcomeTemporary, Backend: t.backend.Name, Rule: t.rule, Stale: t.stale}
+	if v, drained := h.divert(&t); drained {
+		return t, v, false
+	}
+	v := Verdict{Outcome: OutcomeTemporary, Backend: t.backend.Name, Rule: t.rule, Stale: t.stale, Drained: t.drained}
 	var ok bool
 	if _, served := t.backend.Proxy[a.req.Protocol]; !served {
 		v.Reason = ReasonNotServed
@@ -184,10 +193,10 @@ func (h *Handler) checkProtocol(proto imapcheck.Protocol) imapcheck.Protocol {
 func (h *Handler) conclude(ctx context.Context, a *attempt, t target, res checkResult) Verdict {
 	if res.refused != 0 {
 		v := h.throttled(res.refused)
-		v.Backend, v.Rule, v.Stale = t.backend.Name, t.rule, t.stale
+		v.Backend, v.Rule, v.Stale, v.Drained = t.backend.Name, t.rule, t.stale, t.drained
 		return v
 	}
-	v := Verdict{Backend: t.backend.Name, Rule: t.rule, Stale: t.stale, Cause: res.err, Cached: res.cached, Coalesced: res.coalesced}
+	v := Verdict{Backend: t.backend.Name, Rule: t.rule, Stale: t.stale, Drained: t.drained, Cause: res.err, Cached: res.cached, Coalesced: res.coalesced}
 	switch res.outcome {
 	case imapcheck.OK:
 		h.cache.store(t.cacheKey(a), a.sum)

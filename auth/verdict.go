@@ -43,6 +43,9 @@ const (
 	// tarpit). Answered like OutcomeTemporary, but an attempt, not an
 	// outage: the limits count it like a wrong password.
 	OutcomeDelayed
+	// OutcomeHeld: the operator holds the user (IMAPGATE admin hold):
+	// nginx is told to wait and ask again, and the client waits.
+	OutcomeHeld
 )
 
 var outcomeNames = [...]string{
@@ -55,6 +58,7 @@ var outcomeNames = [...]string{
 	OutcomeMalformed:   "malformed",
 	OutcomeForbidden:   "forbidden",
 	OutcomeDelayed:     "delayed",
+	OutcomeHeld:        "held",
 }
 
 // String returns the outcome's name as the log and the metrics write it.
@@ -99,6 +103,8 @@ const (
 	ReasonTooManyForUser     Reason = "too many wrong passwords for this user"
 	ReasonTooManyFromNetwork Reason = "too many wrong passwords from this network"
 	ReasonDelayed            Reason = "backend held the answer past the deadline (its auth penalty on this client, or a tarpit)"
+	ReasonDrained            Reason = "backend drained by the operator"
+	ReasonHeld               Reason = "user held by the operator"
 )
 
 // loud reports whether the reason is the operator's to fix (a
@@ -137,6 +143,12 @@ type Verdict struct {
 	// Coalesced that it came from a check another request made at the
 	// same moment.
 	Cached, Coalesced bool
+	// Drained names the backend the operator drained, whose login went to
+	// Backend instead.
+	Drained string
+	// Wait is, for a held user, how long nginx waits before it asks again
+	// (seconds, at least 1).
+	Wait int
 }
 
 // The Auth-Status texts imapgate sends. nginx shows them to the mail
@@ -152,6 +164,10 @@ const (
 	StatusThrottled    = "Too many failed logins, try again later"
 	StatusMethod       = "Authentication method not supported, use a cleartext login (LOGIN or PLAIN)"
 	StatusAuthRequired = "Authentication required"
+	// StatusWait makes nginx wait Auth-Wait seconds and ask again, without
+	// counting an attempt or telling the client anything (nginx's
+	// undocumented WAIT, since 0.5.0).
+	StatusWait = "WAIT"
 	// StatusMalformed answers a request nginx would never send; it reads
 	// like a failed login so that it tells a prober nothing.
 	StatusMalformed = StatusInvalid
@@ -252,6 +268,9 @@ func (v Verdict) answer(req Request) answer {
 		return answer{code: http.StatusOK, status: StatusOK, server: v.Server, port: v.Port}
 	case v.Outcome == OutcomeForbidden:
 		return answer{code: http.StatusForbidden}
+	case v.Outcome == OutcomeHeld:
+		// Never without Auth-Wait: nginx would ask again at once, forever.
+		return answer{code: http.StatusOK, status: StatusWait, wait: max(v.Wait, 1)}
 	case v.Outcome == OutcomeMalformed, v.Outcome == 0:
 		// The protocol is not known, so no code goes with the text.
 		return answer{code: http.StatusBadRequest, status: StatusMalformed}
@@ -342,8 +361,9 @@ func (v Verdict) level() slog.Level {
 	switch {
 	case v.Reason.loud():
 		return slog.LevelError
-	case v.Outcome != OutcomeOK && v.Outcome != OutcomeRejected && v.Outcome != OutcomeDelayed:
-		// A delayed check is a client's attempt, like a wrong password.
+	case v.Outcome != OutcomeOK && v.Outcome != OutcomeRejected && v.Outcome != OutcomeDelayed && v.Outcome != OutcomeHeld:
+		// A delayed check is a client's attempt, like a wrong password; a
+		// held one is the operator's doing.
 		return slog.LevelWarn
 	}
 	return slog.LevelInfo
@@ -372,6 +392,9 @@ func (v Verdict) log(logger *slog.Logger, req Request, elapsed time.Duration) {
 		// Always there, empty for a plain success, so the line's fields
 		// are the same for every attempt.
 		slog.String("reason", string(v.Reason)),
+	}
+	if v.Drained != "" {
+		attrs = append(attrs, slog.String("drained", v.Drained))
 	}
 	if v.Cause != nil {
 		attrs = append(attrs, slog.String("reply", v.Cause.Error()))

@@ -117,11 +117,19 @@ func (h *Health) Up(backend string, proto imapcheck.Protocol) bool {
 
 // Ready reports whether every address of every backend answered its last
 // probe, and lists the ones that did not (or were not probed yet).
-func (h *Health) Ready() (bool, []string) {
+func (h *Health) Ready() (bool, []string) { return h.ReadyExcept(nil) }
+
+// ReadyExcept is Ready for the backends skip does not name (nil skips
+// none): a backend the operator drained for maintenance may be down
+// without the imapgate being unready.
+func (h *Health) ReadyExcept(skip func(backend string) bool) (bool, []string) {
 	var missing []string
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for _, t := range h.targets() {
+		if skip != nil && skip(t.key.backend) {
+			continue
+		}
 		up, ok := h.state[t.key]
 		switch {
 		case !ok:
@@ -131,7 +139,7 @@ func (h *Health) Ready() (bool, []string) {
 		}
 	}
 	for name, cs := range h.checks {
-		if cs.degraded {
+		if cs.degraded && (skip == nil || !skip(name)) {
 			missing = append(missing, fmt.Sprintf("%s degraded (greets, but %d logins in a row stalled)", name, len(cs.stalledFor)))
 		}
 	}

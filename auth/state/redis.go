@@ -52,9 +52,13 @@ type Redis struct {
 	shared atomic.Bool
 	digest atomic.Pointer[Digester]
 	blocks blockView
-	jobs   chan func(context.Context)
-	stop   context.CancelFunc
-	wg     sync.WaitGroup
+	// controls is this process's view of the operator's drains and holds.
+	controls LocalControls
+	// onFlush forgets a user's cached logins here, on a pushed flush.
+	onFlush atomic.Pointer[func(user string)]
+	jobs    chan func(context.Context)
+	stop    context.CancelFunc
+	wg      sync.WaitGroup
 	// changeMu orders OnChange calls.
 	changeMu sync.Mutex
 }
@@ -141,7 +145,10 @@ func (r *Redis) connect(ctx context.Context) error {
 		return fmt.Errorf("state store: %w", err)
 	}
 	r.digest.Store(NewDigester(got))
-	return r.loadBlocks(ctx)
+	if err := r.loadBlocks(ctx); err != nil {
+		return err
+	}
+	return r.loadControls(ctx)
 }
 
 // change records a change of state and tells OnChange, once per change.
@@ -164,8 +171,8 @@ func (r *Redis) fail(err error) {
 }
 
 // watch tries the server every second while it is unreachable, and
-// reloads the blocks every 30 s while it is (a pushed block may have been
-// missed during a reconnect).
+// reloads the blocks and the controls every 30 s while it is (a push may
+// have been missed during a reconnect).
 func (r *Redis) watch(ctx context.Context) {
 	defer r.wg.Done()
 	tick := time.NewTicker(time.Second)
@@ -183,7 +190,7 @@ func (r *Redis) watch(ctx context.Context) {
 			}
 		case n%30 == 0:
 			lctx, cancel := context.WithTimeout(ctx, 4*r.cfg.Timeout)
-			if err := r.loadBlocks(lctx); err != nil {
+			if err := errors.Join(r.loadBlocks(lctx), r.loadControls(lctx)); err != nil {
 				r.fail(err)
 			}
 			cancel()

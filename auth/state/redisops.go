@@ -3,6 +3,7 @@ package state
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -89,11 +90,18 @@ func (r *Redis) loadBlocks(ctx context.Context) error {
 }
 
 // subscribe applies the blocks and lifts the server pushes: "b TTL NAME"
-// (blocked for TTL ms) and "u NAME" (lifted).
+// (blocked for TTL ms) and "u NAME" (lifted), reloads the operator's
+// controls on "c" (changed), and forgets a user's cached logins on
+// "f USER".
 func (r *Redis) subscribe(ctx context.Context) {
 	defer r.wg.Done()
 	ps := r.client.Subscribe(ctx, redisChannel)
 	defer ps.Close()
+	if _, err := ps.Receive(ctx); err == nil {
+		// A change made between connect's load and the subscription
+		// would otherwise wait for the next reload.
+		r.reloadControls()
+	}
 	ch := ps.Channel()
 	for {
 		select {
@@ -123,6 +131,10 @@ func (r *Redis) apply(msg string) {
 			r.blocks.lift(k)
 			r.local.Lift(context.Background(), k.kind, k.user, k.network)
 		}
+	case controlsChanged:
+		r.reloadControls()
+	case flushMessage:
+		r.applyFlush(rest)
 	}
 }
 
@@ -274,7 +286,7 @@ func (r *Redis) Success(ctx context.Context, user string, network netip.Prefix) 
 func (r *Redis) Records(ctx context.Context) ([]Record, error) {
 	if !r.shared.Load() {
 		recs, _ := r.local.Records(ctx)
-		return recs, errors.New("state store unreachable: these are this process's records only")
+		return recs, fmt.Errorf("%w: these are this process's records only", ErrLocalOnly)
 	}
 	var out []Record
 	for _, pattern := range []string{redisPrefix + "c:*", redisPrefix + "o:*"} {
@@ -341,8 +353,14 @@ func (r *Redis) Lift(ctx context.Context, kind Kind, user string, network netip.
 	}
 	r.blocks.lift(k)
 	if !r.shared.Load() {
-		return errors.New("state store unreachable: lifted in this process only")
+		return ErrLocalOnly
 	}
 	name := countName(k)
-	return liftScript.Run(ctx, r.client, []string{redisKeyOf(k), redisPrefix + "p:" + name, redisBlocks}, redisChannel, name).Err()
+	octx, cancel := r.opCtx(ctx)
+	defer cancel()
+	if err := liftScript.Run(octx, r.client, []string{redisKeyOf(k), redisPrefix + "p:" + name, redisBlocks}, redisChannel, name).Err(); err != nil {
+		r.fail(err)
+		return fmt.Errorf("%w (%v)", ErrLocalOnly, err)
+	}
+	return nil
 }

@@ -12,6 +12,7 @@ package state
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/netip"
 	"time"
 )
@@ -153,20 +154,36 @@ type Store interface {
 	Lift(ctx context.Context, kind Kind, user string, network netip.Prefix) error
 }
 
-// Record is one count or owner mark, as Records lists it.
+// Record is one count or owner mark, as Records lists it (and the admin
+// API shows it, in JSON).
 type Record struct {
-	Kind Kind
+	Kind Kind `json:"kind"`
 	// User is empty for a Network count; Network is the zero prefix for a
 	// User count.
-	User    string
-	Network netip.Prefix
+	User    string       `json:"user,omitempty"`
+	Network netip.Prefix `json:"network,omitzero"`
 	// Failures is the number of distinct wrong passwords counted (at most
 	// Limit; 0 for an Owner mark), Limit the count's limit.
-	Failures, Limit int
+	Failures int `json:"count"`
+	Limit    int `json:"limit"`
 	// Blocked says the count has reached its limit.
-	Blocked bool
+	Blocked bool `json:"blocked"`
 	// Expires is when the record is forgotten unless renewed.
-	Expires time.Time
+	Expires time.Time `json:"expires"`
+}
+
+// MarshalText writes the kind's name (String), for JSON.
+func (k Kind) MarshalText() ([]byte, error) { return []byte(k.String()), nil }
+
+// UnmarshalText reads a kind's name back.
+func (k *Kind) UnmarshalText(b []byte) error {
+	for i, name := range kindNames {
+		if name != "" && name == string(b) {
+			*k = Kind(i)
+			return nil
+		}
+	}
+	return fmt.Errorf("state: %q is not pair, user, network or owner", b)
 }
 
 // errUnknownKind is returned for a Kind that names no record.

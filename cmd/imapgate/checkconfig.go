@@ -182,13 +182,19 @@ func checkListenAddresses(ctx context.Context, s *settings) []error {
 	if err := check(ctx, s.Listen); err != nil {
 		errs = append(errs, settingError("LISTEN", "%v", err))
 	}
-	if s.MetricsListen == "" {
-		return errs
+	if s.MetricsListen != "" {
+		if err := checkListenAddr(ctx, s.MetricsListen); err != nil {
+			errs = append(errs, settingError("METRICS_LISTEN", "%v", err))
+		} else if s.MetricsListen == s.Listen {
+			errs = append(errs, settingError("METRICS_LISTEN", "the same address as IMAPGATE_LISTEN: unset it to serve /metrics, /healthz and /readyz there"))
+		}
 	}
-	if err := checkListenAddr(ctx, s.MetricsListen); err != nil {
-		errs = append(errs, settingError("METRICS_LISTEN", "%v", err))
-	} else if s.MetricsListen == s.Listen {
-		errs = append(errs, settingError("METRICS_LISTEN", "the same address as IMAPGATE_LISTEN: unset it to serve /metrics, /healthz and /readyz there"))
+	if s.AdminListen != "" {
+		if err := checkListenAddr(ctx, s.AdminListen); err != nil {
+			errs = append(errs, settingError("ADMIN_LISTEN", "%v", err))
+		} else if s.AdminListen == s.Listen || s.AdminListen == s.MetricsListen {
+			errs = append(errs, settingError("ADMIN_LISTEN", "the same address as IMAPGATE_LISTEN or IMAPGATE_METRICS_LISTEN: unset it to serve the admin API on the operations listener"))
+		}
 	}
 	return errs
 }

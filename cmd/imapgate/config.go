@@ -78,6 +78,9 @@ type config struct {
 	StateURL         string        `env:"STATE_URL"`
 	StateTimeout     time.Duration `env:"STATE_TIMEOUT"`
 	MetricsListen    string        `env:"METRICS_LISTEN"`
+	AdminToken       string        `env:"ADMIN_TOKEN"`
+	AdminListen      string        `env:"ADMIN_LISTEN"`
+	AdminURL         string        `env:"ADMIN_URL"`
 	ProbeInterval    time.Duration `env:"PROBE_INTERVAL"`
 	DegradeAfter     int           `env:"DEGRADE_AFTER"`
 	LogFormat        string        `env:"LOG_FORMAT"`
@@ -134,7 +137,7 @@ func defaultConfig() config {
 // secretSettings are the settings that hold a secret. Each can also be
 // read from a file named by the same variable with _FILE appended (for
 // container secrets), and print-outs of the configuration redact them.
-var secretSettings = []string{"SHARED_SECRET", "SQL_URL", "LDAP_BIND_PASSWORD", "STATE_URL"}
+var secretSettings = []string{"SHARED_SECRET", "SQL_URL", "LDAP_BIND_PASSWORD", "STATE_URL", "ADMIN_TOKEN"}
 
 // networks is a ","-separated list of CIDR prefixes; a bare address is a
 // network of one.

@@ -8,7 +8,8 @@
 // answers; with -version it prints its version and exits. -check-config
 // checks the settings without serving (exit 0 and "ok", or 2 and one line
 // per problem); -print-config prints the settings in effect as an
-// environment file, secrets redacted.
+// environment file, secrets redacted. `imapgate admin VERB …` is the
+// operator's command line (see the admin package).
 package main
 
 import (
@@ -24,6 +25,8 @@ import (
 	"time"
 
 	"github.com/sethvargo/go-envconfig"
+
+	"github.com/imapgate/imapgate/admin"
 )
 
 // Exit statuses.
@@ -33,6 +36,11 @@ const (
 )
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "admin" {
+		// The operator's command line: a client of the running imapgate's
+		// admin API, configured by the same environment.
+		os.Exit(admin.Main(os.Args[2:], os.Getenv, os.Stdout, os.Stderr))
+	}
 	healthcheck := flag.Bool("healthcheck", false, "ask the imapgate configured by the environment for /healthz and exit 0 if it answers")
 	version := flag.Bool("version", false, "print the version, VCS revision and Go release, and exit")
 	checkConfig := flag.Bool("check-config", false, "check the settings as a start would, and that backend names resolve and directories answer, without serving; print ok (exit 0) or one line per problem (exit 2)")
@@ -74,7 +82,7 @@ func run() int {
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	go followMemory(ctx)
-	if err := svc.serve(ctx, lns.auth, lns.ops); err != nil {
+	if err := svc.serve(ctx, lns); err != nil {
 		svc.logger.Error("stopped", "err", err)
 		return exitFailure
 	}

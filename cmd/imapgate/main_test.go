@@ -81,7 +81,7 @@ func TestServeEndpointsAndGracefulStop(t *testing.T) {
 	base := "http://" + ln.Addr().String()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- svc.serve(ctx, ln, nil) }()
+	go func() { done <- svc.serve(ctx, listeners{auth: ln}) }()
 
 	if resp, body := get(t, base+"/healthz", nil); resp.StatusCode != 200 || body != "ok\n" {
 		t.Errorf("/healthz: %d %q", resp.StatusCode, body)
@@ -127,7 +127,7 @@ func TestServeSeparateOpsListener(t *testing.T) {
 	ln, opsLn := testListener(t), testListener(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- svc.serve(ctx, ln, opsLn) }()
+	go func() { done <- svc.serve(ctx, listeners{auth: ln, ops: opsLn}) }()
 	defer func() { cancel(); <-done }()
 
 	if resp, _ := get(t, "http://"+opsLn.Addr().String()+"/metrics", nil); resp.StatusCode != 200 {
@@ -204,7 +204,7 @@ func TestServeUnixSocket(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- svc.serve(ctx, lns.auth, lns.ops) }()
+	go func() { done <- svc.serve(ctx, lns) }()
 	defer func() { cancel(); <-done }()
 
 	client := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {

@@ -4,6 +4,8 @@ import (
 	"slices"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/imapgate/imapgate/auth/state"
 )
 
 // registerProcessMetrics registers the series that describe this process
@@ -54,4 +56,32 @@ func (s *service) registerServiceMetrics() {
 	}
 	ready := func() bool { ok, _ := s.ready(); return ok }
 	registerProcessMetrics(s.registry, readBuildInfo(), ready, names, s.cfg.MaxChecks)
+	s.registry.MustRegister(drainedCollector{controls: s.controls, backends: slices.Sorted(slices.Values(names))})
+}
+
+// drainedDesc is imapgate_backend_drained{backend}: 1 while the operator
+// has drained the backend (on any replica, with a shared store), else 0.
+var drainedDesc = prometheus.NewDesc("imapgate_backend_drained",
+	"1 while the operator has drained the backend (imapgate admin drain): its new logins try later or go to the alternate.",
+	[]string{"backend"}, nil)
+
+// drainedCollector reads the drains at every scrape: another replica may
+// have changed them, and a gauge set here would not know.
+type drainedCollector struct {
+	controls state.Controls
+	backends []string
+}
+
+// Describe implements prometheus.Collector.
+func (c drainedCollector) Describe(ch chan<- *prometheus.Desc) { ch <- drainedDesc }
+
+// Collect implements prometheus.Collector.
+func (c drainedCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, b := range c.backends {
+		v := 0.0
+		if _, drained := c.controls.Drained(b); drained {
+			v = 1
+		}
+		ch <- prometheus.MustNewConstMetric(drainedDesc, prometheus.GaugeValue, v, b)
+	}
 }

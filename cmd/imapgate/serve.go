@@ -27,9 +27,10 @@ const usersFilePoll = time.Second
 const maxHeaderBytes = 16 << 10
 
 // listeners are the service's sockets: auth_http, and the operations
-// endpoints when they have a listener of their own (else nil).
+// endpoints and the admin API when they have a listener of their own
+// (else nil).
 type listeners struct {
-	auth, ops net.Listener
+	auth, ops, admin net.Listener
 }
 
 // unixPrefix starts a listen address that is a unix socket's path, as
@@ -47,6 +48,15 @@ func listen(ctx context.Context, cfg config) (listeners, error) {
 		if lns.ops, err = net.Listen("tcp", cfg.MetricsListen); err != nil {
 			lns.auth.Close()
 			return lns, settingError("METRICS_LISTEN", "%v", err)
+		}
+	}
+	if cfg.AdminListen != "" {
+		if lns.admin, err = net.Listen("tcp", cfg.AdminListen); err != nil {
+			lns.auth.Close()
+			if lns.ops != nil {
+				lns.ops.Close()
+			}
+			return lns, settingError("ADMIN_LISTEN", "%v", err)
 		}
 	}
 	return lns, nil
@@ -85,24 +95,29 @@ type server interface {
 	Shutdown(context.Context) error
 }
 
-// serve answers requests on ln (and the operations endpoints on opsLn,
-// when not nil) until ctx ends, then lets the requests in flight finish.
-func (s *service) serve(ctx context.Context, ln, opsLn net.Listener) error {
+// serve answers requests on lns.auth (the operations endpoints on
+// lns.ops and the admin API on lns.admin, when not nil) until ctx ends,
+// then lets the requests in flight finish.
+func (s *service) serve(ctx context.Context, lns listeners) error {
 	bg, stopBackground := context.WithCancel(ctx)
 	var background sync.WaitGroup
 	defer background.Wait()
 	defer stopBackground()
-	servers := []server{s.authServer(opsLn == nil)}
+	servers := []server{s.authServer(lns.ops == nil)}
 	s.startBackground(bg, &background, servers[0])
-	listeners := []net.Listener{ln}
-	if opsLn != nil {
-		servers = append(servers, s.newServer(s.opsHandler()))
-		listeners = append(listeners, opsLn)
+	listeners, roles := []net.Listener{lns.auth}, []string{"auth"}
+	if lns.ops == nil {
+		roles[0] = "auth+ops"
+	} else {
+		servers, listeners, roles = append(servers, s.newServer(s.opsHandler())), append(listeners, lns.ops), append(roles, "ops")
+	}
+	if lns.admin != nil {
+		servers, listeners, roles = append(servers, s.newServer(s.admin.Handler())), append(listeners, lns.admin), append(roles, "admin")
 	}
 	serveErr := make(chan error, len(servers))
 	for i, srv := range servers {
 		go func() { serveErr <- srv.Serve(listeners[i]) }()
-		attrs := []any{"addr", listeners[i].Addr().String(), "ops", i > 0 || opsLn == nil}
+		attrs := []any{"addr", listeners[i].Addr().String(), "ops", roles[i] != "auth" && roles[i] != "admin", "serves", roles[i]}
 		if i == 0 && s.cfg.HTTPServer == httpServerBuiltin {
 			attrs = append(attrs, "max_conns", s.maxConns)
 		}

@@ -7,12 +7,15 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"net"
+	"net/url"
 	"os"
 	"strings"
 	"time"
 
 	"github.com/sethvargo/go-envconfig"
 
+	"github.com/imapgate/imapgate/admin"
 	"github.com/imapgate/imapgate/auth"
 	"github.com/imapgate/imapgate/auth/state"
 	"github.com/imapgate/imapgate/backend"
@@ -37,6 +40,9 @@ type settings struct {
 	tlsConfig   *tls.Config
 	limits      auth.Limits
 	maxConns    int // the cap on auth_http connections, derived if need be
+	// adminTokens are IMAPGATE_ADMIN_TOKEN's tokens; nil turns the admin
+	// API off.
+	adminTokens *admin.Tokens
 }
 
 // settingCheck checks one setting, or a few that only make sense
@@ -81,6 +87,7 @@ var settingChecks = []settingCheck{
 	positive("STATE_TIMEOUT", func(c config) int64 { return int64(c.StateTimeout) }, ""),
 	positive("PROBE_INTERVAL", func(c config) int64 { return int64(c.ProbeInterval) }, ""),
 	notNegative("DEGRADE_AFTER", func(c config) int64 { return int64(c.DegradeAfter) }, " (0 = never)"),
+	checkAdmin,
 	checkHTTPServer,
 }
 
@@ -437,4 +444,36 @@ func newLogger(c config, out io.Writer) (*slog.Logger, error) {
 		return slog.New(slog.NewJSONHandler(out, opts)), nil
 	}
 	return nil, settingError("LOG_FORMAT", "%q is not text or json", c.LogFormat)
+}
+
+// checkAdmin checks the admin API's settings: a token turns it on, and
+// it is served on IMAPGATE_ADMIN_LISTEN or the operations listener, never
+// on nginx's auth_http listener. Its errors never hold a token.
+func checkAdmin(c config, s *settings) error {
+	var errs []error
+	if c.AdminListen != "" {
+		if _, _, err := net.SplitHostPort(c.AdminListen); err != nil {
+			errs = append(errs, settingError("ADMIN_LISTEN", "%v", err))
+		} else if c.AdminToken == "" {
+			errs = append(errs, settingError("ADMIN_LISTEN", "set, but IMAPGATE_ADMIN_TOKEN is not: the admin API is off without a token"))
+		}
+	}
+	if c.AdminURL != "" {
+		if u, err := url.Parse(c.AdminURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			errs = append(errs, settingError("ADMIN_URL", "%q is not an http:// or https:// URL", c.AdminURL))
+		}
+	}
+	if c.AdminToken == "" {
+		return errors.Join(errs...)
+	}
+	tokens, err := admin.ParseTokens(c.AdminToken)
+	switch {
+	case err != nil:
+		errs = append(errs, settingError("ADMIN_TOKEN", "%v", err))
+	case c.AdminListen == "" && c.MetricsListen == "":
+		errs = append(errs, settingError("ADMIN_TOKEN", "set, but neither IMAPGATE_ADMIN_LISTEN nor IMAPGATE_METRICS_LISTEN is: the admin API is never served on IMAPGATE_LISTEN, nginx's"))
+	default:
+		s.adminTokens = tokens
+	}
+	return errors.Join(errs...)
 }

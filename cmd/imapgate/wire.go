@@ -5,11 +5,13 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"slices"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/imapgate/imapgate/admin"
 	"github.com/imapgate/imapgate/auth"
 	"github.com/imapgate/imapgate/auth/state"
 	"github.com/imapgate/imapgate/backend"
@@ -35,6 +37,11 @@ type service struct {
 	// through IMAPGATE_STATE_URL, nil otherwise.
 	store state.Store
 	state *state.Redis
+	// controls are the operator's drains and holds: state's when the
+	// store is shared (every replica's), else this process's.
+	controls state.Controls
+	// admin is the operator's API; nil without IMAPGATE_ADMIN_TOKEN.
+	admin *admin.Server
 	// logFlusher, when set, runs beside the server and flushes the log
 	// buffer until its context ends.
 	logFlusher func(context.Context)
@@ -52,6 +59,8 @@ func newService(s *settings) *service {
 	for _, d := range s.directories {
 		d.OnChange = directoryChanged(s.logger, metrics)
 	}
+	// Before the handler: its State and Controls come from here.
+	store := svc.newState(s)
 	svc.handler = &auth.Handler{
 		Routes: s.routes,
 		Verifier: &imapcheck.Verifier{
@@ -72,7 +81,7 @@ func newService(s *settings) *service {
 		CacheTTL:            s.CacheTTL,
 		CacheSize:           s.CacheSize,
 		Limits:              &s.limits,
-		State:               svc.newState(s),
+		State:               store,
 		Metrics:             metrics,
 		Health:              svc.health,
 		// The check has VerifyTimeout; resolving the backend's name for
@@ -82,9 +91,36 @@ func newService(s *settings) *service {
 		// probe: it is one, with a login after the greeting.
 		TrialTimeout: probeTimeout(s),
 		Logger:       s.logger,
+		Controls:     svc.controls,
+		Backends:     s.backends,
 	}
+	if svc.state != nil {
+		// Each replica's cache is its own: a flush made through any
+		// replica's admin API reaches this one through the store.
+		svc.state.OnFlush(func(user string) { svc.handler.Flush(user) })
+	}
+	svc.admin = svc.newAdmin(s)
 	svc.registerServiceMetrics()
 	return svc
+}
+
+// newAdmin builds the admin API on the handler's own state, or nil when
+// no token turns it on.
+func (svc *service) newAdmin(s *settings) *admin.Server {
+	if s.adminTokens == nil {
+		return nil
+	}
+	names := make([]string, 0, len(s.backends))
+	for name := range s.backends {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	srv := &admin.Server{Tokens: s.adminTokens, Store: svc.store, Controls: svc.controls, Logins: svc.handler,
+		Backends: names, Logger: s.logger}
+	if svc.state != nil {
+		srv.Replicas = svc.state
+	}
+	return srv
 }
 
 // directoryChanged logs and counts a routing directory turning up or
@@ -104,6 +140,7 @@ func directoryChanged(logger *slog.Logger, metrics *auth.Metrics) func(name stri
 // and counts each change between shared and local state; without it, the
 // state is kept in the process.
 func (svc *service) newState(s *settings) state.Store {
+	svc.controls = &state.LocalControls{}
 	if s.StateURL == "" {
 		svc.store = state.NewMemory(s.limits.Limits)
 		return svc.store
@@ -135,7 +172,7 @@ func (svc *service) newState(s *settings) state.Store {
 		svc.store = state.NewMemory(s.limits.Limits)
 		return svc.store
 	}
-	svc.store, svc.state = st, st
+	svc.store, svc.state, svc.controls = st, st, st
 	return st
 }
 

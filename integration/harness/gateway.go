@@ -149,8 +149,9 @@ func (g *Gateway) startImapgate(ctx context.Context) error {
 	if mode == ImapgateContainer {
 		p, err = g.startImapgateContainer(ctx, settings)
 	} else {
-		argv, err := g.processArgv()
-		if err != nil {
+		var argv []string
+		// Not :=, which would leave startProcess's error in a shadow.
+		if argv, err = g.processArgv(); err != nil {
 			return err
 		}
 		cmd := exec.Command(argv[0], argv[1:]...)
