@@ -243,3 +243,24 @@ func TestCacheKeyHashSeparatesFields(t *testing.T) {
 		t.Error("two caches share seeds")
 	}
 }
+
+// The operator finds and flushes a user's entries whatever the case the
+// user logged in with, on the backends named, and nothing of another
+// user's.
+func TestCacheLookupAndForgetUser(t *testing.T) {
+	c := newLoginCache(time.Minute, 10)
+	var sum [32]byte
+	c.store(newCacheKey("m1", "imap", "Alice"), sum)
+	c.store(newCacheKey("m2", "pop3", "alice"), sum)
+	c.store(newCacheKey("m1", "imap", "bob"), sum)
+	got := c.lookupUser("ALICE", []string{"m1", "m2", "m3"})
+	if len(got) != 2 || got[0].Backend != "m1" || got[0].Protocol != "imap" || got[1].Backend != "m2" || got[1].Protocol != "pop3" {
+		t.Fatalf("lookupUser = %+v, want alice's entries on m1 (imap) and m2 (pop3)", got)
+	}
+	if n := c.forgetUser("alice", []string{"m1", "m2"}); n != 2 {
+		t.Errorf("forgetUser dropped %d live entries, want 2", n)
+	}
+	if c.hit(newCacheKey("m1", "imap", "Alice"), sum) || !c.hit(newCacheKey("m1", "imap", "bob"), sum) {
+		t.Error("after the flush alice still hits, or bob no longer does")
+	}
+}
