@@ -52,6 +52,15 @@ done
 
 log() { echo "build-image.sh: $*" >&2; }
 
+# One build at a time on this machine: the scenarios run in parallel and
+# several need an image (Dovecot, Cyrus twice, the systemd root, the base),
+# debootstrap's package cache ($CACHE/debs) is shared between them, and two
+# builds of one image would race. The second waits here, then finds the
+# image the first imported and leaves it be.
+mkdir -p "$CACHE"
+exec 9>"$CACHE/.build.lock"
+flock 9
+
 if ! docker info >/dev/null 2>&1; then
 	log "no Docker engine reachable (docker info failed)"
 	exit 1
