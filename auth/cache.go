@@ -9,6 +9,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/imapgate/imapgate/imapcheck"
 )
 
 // loginCache remembers, for a short time, which credentials a backend
@@ -164,8 +166,8 @@ type CachedLogin struct {
 }
 
 // cacheProtocols are the protocols an entry can be for: the protocol the
-// check speaks (an SMTP login is checked over IMAP or POP3).
-var cacheProtocols = []string{"imap", "pop3", "smtp"}
+// check speaks (checkProtocol: an SMTP login is checked over IMAP or POP3).
+var cacheProtocols = []string{string(imapcheck.IMAP), string(imapcheck.POP3)}
 
 // lookupUser lists the live entries for user on backends (entries are
 // keyed by a hash, so the cache cannot list them by user itself; user

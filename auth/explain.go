@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"time"
 
 	"github.com/imapgate/imapgate/auth/state"
 	"github.com/imapgate/imapgate/backend"
@@ -183,12 +184,20 @@ func (h *Handler) explainHealth(b *backend.Backend, proto imapcheck.Protocol) st
 // returns how many it forgot.
 func (h *Handler) Flush(user string) int {
 	h.once.Do(h.init)
+	// The route finds a backend a directory names that is not configured;
+	// its lookup is bounded like a login's, since a flush also comes from
+	// other replicas' announcements, with no request to bound it.
+	ctx, cancel := context.WithTimeout(context.Background(), cmp.Or(h.Timeout, flushRouteTimeout))
+	defer cancel()
 	routed := ""
-	if r, err := h.Routes.Route(context.Background(), user); err == nil && r.Backend != nil {
+	if r, err := h.Routes.Route(ctx, user); err == nil && r.Backend != nil {
 		routed = r.Backend.Name
 	}
 	return h.cache.forgetUser(user, h.cacheBackends(routed))
 }
+
+// flushRouteTimeout bounds Flush's route lookup when Timeout is not set.
+const flushRouteTimeout = 10 * time.Second
 
 // cacheBackends names the backends a user's cache entries can be for:
 // every configured backend, and also, since a directory may name a host
