@@ -373,10 +373,20 @@ func (v Verdict) level() slog.Level {
 // password; the backend's reply and network errors come from the
 // verifier, which keeps them free of it.
 func (v Verdict) log(logger *slog.Logger, req Request, elapsed time.Duration) {
+	ctx, level := context.Background(), v.level()
+	if !logger.Enabled(ctx, level) {
+		return
+	}
+	// The record is made here, not by logger.LogAttrs, which also asks
+	// the runtime for the caller's frame (a source the program's handler
+	// never prints), and its fields are added to it directly rather than
+	// through a slice that would live on the heap: one line per login,
+	// at thousands a second, is worth it.
+	r := slog.NewRecord(time.Now(), level, "login", 0)
 	// client comes first: it is nginx's, not the user's, so a log
 	// parser (fail2ban) anchored on it cannot be fooled by a user name
 	// that contains "client=…".
-	attrs := []slog.Attr{
+	r.AddAttrs(
 		slog.String("client", clientString(req.ClientIP)),
 		slog.String("user", req.User),
 		slog.String("protocol", string(req.Protocol)),
@@ -392,14 +402,14 @@ func (v Verdict) log(logger *slog.Logger, req Request, elapsed time.Duration) {
 		// Always there, empty for a plain success, so the line's fields
 		// are the same for every attempt.
 		slog.String("reason", string(v.Reason)),
-	}
+	)
 	if v.Drained != "" {
-		attrs = append(attrs, slog.String("drained", v.Drained))
+		r.AddAttrs(slog.String("drained", v.Drained))
 	}
 	if v.Cause != nil {
-		attrs = append(attrs, slog.String("reply", v.Cause.Error()))
+		r.AddAttrs(slog.String("reply", v.Cause.Error()))
 	}
-	logger.LogAttrs(context.Background(), v.level(), "login", attrs...)
+	logger.Handler().Handle(ctx, r)
 }
 
 // logRefusal writes the line for a request refused before it was read

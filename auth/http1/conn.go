@@ -155,8 +155,8 @@ func (c *conn) send(w *ResponseWriter) error {
 // the kernel send a reset, which can destroy the answer before the client
 // has read it.
 func lingerClose(c net.Conn) {
-	if tc, ok := c.(*net.TCPConn); ok {
-		tc.CloseWrite()
+	if cw, ok := c.(interface{ CloseWrite() error }); ok {
+		cw.CloseWrite()
 	}
 	c.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
 	io.CopyN(io.Discard, c, 256<<10)

@@ -124,9 +124,12 @@ func (s *Server) logger() *slog.Logger {
 }
 
 // Serve accepts connections on ln and serves them until Shutdown. It
-// always returns an error, ErrServerClosed after Shutdown.
+// always returns an error, ErrServerClosed after Shutdown. On Linux it
+// accepts on a duplicate of a TCP or unix listener's descriptor (see
+// fdListener), so that closing ln alone does not stop it: Shutdown does.
 func (s *Server) Serve(ln net.Listener) error {
 	s.init()
+	ln = listenFD(ln)
 	s.mu.Lock()
 	if s.inShutdown.Load() {
 		s.mu.Unlock()
