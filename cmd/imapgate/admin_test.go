@@ -20,20 +20,7 @@ const adminTestToken = "oncall:admin-test-token-0123456789"
 // adminEnv is a configuration with the admin API on the operations
 // listener, plus kv.
 func adminEnv(kv ...string) map[string]string {
-	env := map[string]string{
-		"IMAPGATE_BACKENDS":        "mailhost01=127.0.0.2;mailhost02=127.0.0.3",
-		"IMAPGATE_DEFAULT_BACKEND": "mailhost02",
-		"IMAPGATE_METRICS_LISTEN":  "127.0.0.1:0",
-		"IMAPGATE_ADMIN_TOKEN":     adminTestToken,
-	}
-	for i := 0; i+1 < len(kv); i += 2 {
-		if kv[i+1] == "<unset>" {
-			delete(env, kv[i])
-			continue
-		}
-		env[kv[i]] = kv[i+1]
-	}
-	return env
+	return testEnv(append([]string{"IMAPGATE_METRICS_LISTEN", "127.0.0.1:0", "IMAPGATE_ADMIN_TOKEN", adminTestToken}, kv...)...)
 }
 
 // Bad admin settings stop the start, each naming its variable, and never

@@ -18,6 +18,23 @@ import (
 	"go.uber.org/goleak"
 )
 
+// testEnv is a configuration with two backends and a default, changed by
+// kv: name, value pairs, where the value "<unset>" removes the name.
+func testEnv(kv ...string) map[string]string {
+	env := map[string]string{
+		"IMAPGATE_BACKENDS":        "mailhost01=127.0.0.2;mailhost02=127.0.0.3",
+		"IMAPGATE_DEFAULT_BACKEND": "mailhost02",
+	}
+	for i := 0; i+1 < len(kv); i += 2 {
+		if kv[i+1] == "<unset>" {
+			delete(env, kv[i])
+			continue
+		}
+		env[kv[i]] = kv[i+1]
+	}
+	return env
+}
+
 func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
 }
@@ -41,20 +58,7 @@ func TestConfigErrorsNameTheVariable(t *testing.T) {
 	if err := os.WriteFile(caNoPEM, []byte("not a certificate\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	base := func(kv ...string) map[string]string {
-		env := map[string]string{
-			"IMAPGATE_BACKENDS":        "mailhost01=127.0.0.2;mailhost02=127.0.0.3",
-			"IMAPGATE_DEFAULT_BACKEND": "mailhost02",
-		}
-		for i := 0; i+1 < len(kv); i += 2 {
-			if kv[i+1] == "<unset>" {
-				delete(env, kv[i])
-				continue
-			}
-			env[kv[i]] = kv[i+1]
-		}
-		return env
-	}
+	base := testEnv
 	tests := []struct {
 		name string
 		env  map[string]string
@@ -197,13 +201,7 @@ func TestSecretFromFile(t *testing.T) {
 	if err := os.WriteFile(path, []byte("s3cr3t from file\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	env := func(kv ...string) map[string]string {
-		m := map[string]string{"IMAPGATE_BACKENDS": "m=127.0.0.2", "IMAPGATE_DEFAULT_BACKEND": "m"}
-		for i := 0; i+1 < len(kv); i += 2 {
-			m[kv[i]] = kv[i+1]
-		}
-		return m
-	}
+	env := testEnv
 	svc, err := build(env("IMAPGATE_SHARED_SECRET_FILE", path))
 	if err != nil {
 		t.Fatal(err)
