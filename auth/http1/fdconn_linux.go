@@ -17,8 +17,9 @@ import (
 // connection is accepted (the program asks for TCP_DEFER_ACCEPT) and the
 // answer fits the socket's buffer, so most connections never wait:
 // net's Accept would register each with the poller and remove it again,
-// and ask for its local address and set TCP_NODELAY, four system calls
-// of the eight a cached answer made, and a third of its user time.
+// and ask for its local address and set TCP_NODELAY: four system calls
+// of the eight a cached answer made (strace -c), where it now makes
+// accept4, read, write and close.
 
 // fdListener accepts with accept4 on a duplicate of a listener's
 // descriptor: net's listeners offer no way to wait for a connection on
@@ -320,7 +321,7 @@ func (c *fdConn) SetWriteDeadline(t time.Time) error {
 }
 
 func (c *fdConn) opError(op string, err error) error {
-	return &net.OpError{Op: op, Net: c.network, Source: nil, Addr: c.remote, Err: err}
+	return &net.OpError{Op: op, Net: c.network, Addr: c.remote, Err: err}
 }
 
 // ignoringEINTR retries f while the system call is interrupted.
