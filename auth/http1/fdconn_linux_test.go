@@ -125,7 +125,15 @@ func TestFDConnCloseEndsWaitingRead(t *testing.T) {
 		_, err := server.Read(make([]byte, 1))
 		done <- err
 	}()
-	time.Sleep(50 * time.Millisecond)
+	// Closed only once the read has found nothing and waits in the
+	// poller: the case eviction and Shutdown meet.
+	fc := server.(*fdConn)
+	waitFor(t, "the read to wait", func() bool {
+		fc.mu.Lock()
+		defer fc.mu.Unlock()
+		return fc.nc != nil
+	})
+	time.Sleep(20 * time.Millisecond)
 	server.Close()
 	select {
 	case err := <-done:
