@@ -19,7 +19,7 @@ import (
 // net's Accept would register each with the poller and remove it again,
 // and ask for its local address and set TCP_NODELAY: four system calls
 // of the eight a cached answer made (strace -c), where it now makes
-// accept4, read, write and close.
+// accept4, read, write and close, made raw (rawsys_linux.go says why).
 
 // fdListener accepts with accept4 on a duplicate of a listener's
 // descriptor: net's listeners offer no way to wait for a connection on
@@ -32,8 +32,8 @@ type fdListener struct {
 }
 
 // listenFD returns ln as the Server accepts on it: an fdListener for TCP
-// and unix listeners, ln itself for any other or if the descriptor cannot
-// be had.
+// and unix listeners, ln itself for any other, or if the descriptor cannot
+// be had or would block.
 func listenFD(ln net.Listener) net.Listener {
 	var (
 		network string
@@ -54,7 +54,9 @@ func listenFD(ln net.Listener) net.Listener {
 		return ln
 	}
 	rc, err := file.SyscallConn()
-	if err != nil {
+	// A raw accept4 (rawsys_linux.go) must never wait: the descriptor
+	// must be non-blocking, as net's are.
+	if err != nil || !nonBlocking(rc) {
 		file.Close()
 		return ln
 	}
@@ -72,16 +74,16 @@ func (l *fdListener) Close() error {
 // none.
 func (l *fdListener) Accept() (net.Conn, error) {
 	var (
-		fd   int
-		sa   syscall.Sockaddr
-		aerr error
+		fd     int
+		remote net.Addr
+		aerr   error
 	)
 	err := l.rc.Read(func(lfd uintptr) bool {
 		for {
-			// syscall's, not x/sys/unix's: that one asks every IPv4 and
-			// IPv6 socket for its protocol (L2TP or not), a system call
-			// more per connection.
-			fd, sa, aerr = syscall.Accept4(int(lfd), syscall.SOCK_NONBLOCK|syscall.SOCK_CLOEXEC)
+			// Not x/sys/unix's accept4 either: that one asks every IPv4
+			// and IPv6 socket for its protocol (L2TP or not), a system
+			// call more per connection.
+			fd, remote, aerr = rawAccept4(int(lfd), l.network)
 			switch aerr {
 			case syscall.EINTR, syscall.ECONNABORTED:
 				continue // as net does: the next one, if any
@@ -98,7 +100,7 @@ func (l *fdListener) Accept() (net.Conn, error) {
 	if aerr != nil {
 		return nil, &net.OpError{Op: "accept", Net: l.network, Addr: l.Addr(), Err: os.NewSyscallError("accept4", aerr)}
 	}
-	return &fdConn{fd: fd, network: l.network, remote: sockaddrAddr(l.network, sa)}, nil
+	return &fdConn{fd: fd, network: l.network, remote: remote}, nil
 }
 
 // sockaddrAddr is sa as net names it.
@@ -141,7 +143,7 @@ func (c *fdConn) Read(b []byte) (int, error) {
 			c.mu.Unlock()
 			return 0, c.opError("read", err)
 		}
-		n, err := ignoringEINTR(func() (int, error) { return syscall.Read(c.fd, b) })
+		n, err := ignoringEINTR(func() (int, error) { return rawRead(c.fd, b) })
 		if err != syscall.EAGAIN {
 			c.mu.Unlock()
 			switch {
@@ -179,7 +181,7 @@ func (c *fdConn) Write(b []byte) (int, error) {
 		}
 		c.wrote = true
 		for done < len(b) {
-			n, err := ignoringEINTR(func() (int, error) { return syscall.Write(c.fd, b[done:]) })
+			n, err := ignoringEINTR(func() (int, error) { return rawWrite(c.fd, b[done:]) })
 			if n > 0 {
 				done += n
 			}
@@ -248,7 +250,7 @@ func (c *fdConn) Close() error {
 	if c.fd < 0 {
 		return c.opError("close", net.ErrClosed)
 	}
-	err := syscall.Close(c.fd)
+	err := rawClose(c.fd)
 	c.fd = -1
 	if err != nil {
 		return c.opError("close", os.NewSyscallError("close", err))

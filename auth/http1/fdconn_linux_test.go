@@ -205,3 +205,83 @@ func TestFDConnUnix(t *testing.T) {
 		t.Errorf("socket file: %v", err)
 	}
 }
+
+// An IPv6 peer's address is the one net would give.
+func TestFDConnIPv6Address(t *testing.T) {
+	ln, err := net.Listen("tcp", "[::1]:0")
+	if err != nil {
+		t.Skipf("no IPv6 loopback on this machine: %v", err)
+	}
+	ln.Close()
+	server, client := acceptPair(t, "tcp", "[::1]:0")
+	if server.RemoteAddr().String() != client.LocalAddr().String() {
+		t.Errorf("RemoteAddr %v, want %v", server.RemoteAddr(), client.LocalAddr())
+	}
+}
+
+// A unix peer's address is the one net's own accept gives, named or not.
+func TestFDConnUnixPeerAddress(t *testing.T) {
+	dir := t.TempDir()
+	netLn, err := net.Listen("unix", filepath.Join(dir, "net"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer netLn.Close()
+	for _, local := range []string{"", filepath.Join(dir, "client")} {
+		var laddr *net.UnixAddr
+		if local != "" {
+			laddr = &net.UnixAddr{Name: local, Net: "unix"}
+		}
+		dial := func(addr net.Addr) net.Conn {
+			os.Remove(local)
+			c, err := net.DialUnix("unix", laddr, addr.(*net.UnixAddr))
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { c.Close() })
+			return c
+		}
+		dial(netLn.Addr())
+		byNet, err := netLn.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		byNet.Close()
+
+		fdLn, err := net.Listen("unix", filepath.Join(dir, "fd"+filepath.Base(local)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		fl := listenFD(fdLn)
+		defer fl.Close()
+		dial(fdLn.Addr())
+		byFD, err := fl.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		byFD.Close()
+		if byFD.RemoteAddr().String() != byNet.RemoteAddr().String() {
+			t.Errorf("client bound to %q: RemoteAddr %q, net gives %q", local, byFD.RemoteAddr(), byNet.RemoteAddr())
+		}
+	}
+}
+
+// A listener in blocking mode is served through net, not accepted on raw:
+// a raw accept4 on it would hold a thread of the scheduler's while it
+// waits.
+func TestListenFDRefusesBlockingListener(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	f, err := ln.(*net.TCPListener).File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	f.Fd() // puts the shared file description in blocking mode
+	if got := listenFD(ln); got != ln {
+		t.Errorf("listenFD of a blocking listener = %T, want the listener itself", got)
+	}
+}

@@ -136,7 +136,10 @@ func TestMaxConnsCutsOffTheSlowest(t *testing.T) {
 		defer c.Close()
 		io.WriteString(c, "GET /mail/auth.php HTTP/1.0\r\n") // and no more
 		slow = append(slow, c)
-		waitFor(t, "the slow client to be counted", func() bool { return s.Open() == i+1 })
+		// On the waiting list, not merely counted: the list is in the
+		// order the workers began to read, which under load need not be
+		// the order of accept.
+		waitFor(t, "the slow client to wait for its head", func() bool { return s.conns.waitingLen() == i+1 })
 	}
 	got := exchange(t, addr, nginxHead)
 	if !strings.HasPrefix(got, "HTTP/1.1 200 OK") {
@@ -150,6 +153,17 @@ func TestMaxConnsCutsOffTheSlowest(t *testing.T) {
 	if _, err := slow[1].Read(make([]byte, 1)); err == nil || !isTimeout(err) {
 		t.Errorf("the second slow client was cut off too: %v", err)
 	}
+}
+
+// waitingLen is the length of the list of conns waiting for a head.
+func (t *tracker) waitingLen() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	n := 0
+	for c := t.head; c != nil; c = c.next {
+		n++
+	}
+	return n
 }
 
 func isTimeout(err error) bool {
