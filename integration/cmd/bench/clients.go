@@ -284,6 +284,20 @@ func wrkScript(dir, name string, req []byte) (string, error) {
 	return path, os.WriteFile(path, []byte(script), 0o644)
 }
 
+// roundOrder is the order in which round (from 1) runs n sides: each
+// round starts one side later than the one before, so that no side
+// always follows the same one: in a fixed order imapgate's runs always
+// came right after the PHP seed's, the heaviest of the four (php-fpm's
+// workers, some 30,000 failed requests a run), and whatever that leaves
+// behind fell on imapgate alone.
+func roundOrder(n, round int) []int {
+	order := make([]int, n)
+	for i := range order {
+		order[i] = (i + round - 1) % n
+	}
+	return order
+}
+
 // runWrk runs wrk against url with script for dur at conns connections.
 func runWrk(ctx context.Context, script, url string, threads, conns int, dur time.Duration) (wrkResult, error) {
 	ctx, cancel := context.WithTimeout(ctx, dur+30*time.Second)

@@ -16,7 +16,8 @@
 //     descriptors, with cached logins asked meanwhile.
 //
 // Each comparison runs both sides in the same run, interleaved (A, B, A, B,
-// ...) for several rounds, and reports medians. Dovecot runs as processes
+// ...) for several rounds, and reports medians; the cached answer's sides
+// take turns at going first (roundOrder). Dovecot runs as processes
 // (IMAPGATE_IT_DOVECOT=process) unless IMAPGATE_IT_DOVECOT says otherwise:
 // a container's port proxy would add its own cost to every login.
 //
@@ -402,7 +403,8 @@ func (b *bench) cachedAnswer(ctx context.Context, r *report) error {
 	}
 	var igRequests int
 	for round := 1; round <= b.cfg.rounds; round++ {
-		for _, side := range sides {
+		for _, i := range roundOrder(len(sides), round) {
+			side := sides[i]
 			res, err := runWrk(ctx, side.script, side.url, b.cfg.wrkThreads, b.cfg.wrkConns, b.cfg.wrkDuration)
 			if err != nil {
 				return err

@@ -56,7 +56,7 @@ func (b *bench) unixSocket(ctx context.Context, r *report) error {
 	f := &unixFigures{}
 	r.unix = f
 	for round := 1; round <= b.cfg.rounds; round++ {
-		for _, side := range []struct {
+		sides := []struct {
 			network, addr string
 			req           []byte
 			rate, p50     *[]float64
@@ -65,7 +65,9 @@ func (b *bench) unixSocket(ctx context.Context, r *report) error {
 			{"tcp", ip204 + ":9180", tcpReq, &f.nginxTCPRate, nil},
 			{"unix", sock, unixReq, &f.unixRate, &f.unixP50},
 			{"unix", nginxSock, unixReq, &f.nginxUnixRate, nil},
-		} {
+		}
+		for _, i := range roundOrder(len(sides), round) {
+			side := sides[i]
 			l := closedLoop(b.cfg.wrkConns, b.cfg.wrkDuration, 0, ask(side.network, side.addr, side.req))
 			if l.fails > 0 {
 				return fmt.Errorf("%s: %d failed, first: %v", side.network, l.fails, l.firstEr)
