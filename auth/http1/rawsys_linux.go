@@ -104,13 +104,24 @@ func nonBlocking(rc syscall.RawConn) bool {
 	return flags&syscall.O_NONBLOCK != 0
 }
 
-// rawRead reads from the non-blocking descriptor fd.
+// rawRead reads from the non-blocking descriptor fd. Under the race
+// detector it is syscall's Read: syscall's Read and Write tell the
+// detector that what was written before a write happened before what a
+// read then does (a test checking, once the answer is in, what the
+// handler recorded), and raw calls would not.
 func rawRead(fd int, b []byte) (int, error) {
+	if raceEnabled {
+		return syscall.Read(fd, b)
+	}
 	return rawReadWrite(syscall.SYS_READ, fd, b)
 }
 
-// rawWrite writes to the non-blocking descriptor fd.
+// rawWrite writes to the non-blocking descriptor fd; under the race
+// detector it is syscall's Write (see rawRead).
 func rawWrite(fd int, b []byte) (int, error) {
+	if raceEnabled {
+		return syscall.Write(fd, b)
+	}
 	return rawReadWrite(syscall.SYS_WRITE, fd, b)
 }
 
