@@ -3,7 +3,6 @@ package http1
 import (
 	"io"
 	"net"
-	"net/netip"
 	"os"
 	"sync"
 	"syscall"
@@ -101,19 +100,6 @@ func (l *fdListener) Accept() (net.Conn, error) {
 		return nil, &net.OpError{Op: "accept", Net: l.network, Addr: l.Addr(), Err: os.NewSyscallError("accept4", aerr)}
 	}
 	return &fdConn{fd: fd, network: l.network, remote: remote}, nil
-}
-
-// sockaddrAddr is sa as net names it.
-func sockaddrAddr(network string, sa syscall.Sockaddr) net.Addr {
-	switch sa := sa.(type) {
-	case *syscall.SockaddrInet4:
-		return net.TCPAddrFromAddrPort(netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(sa.Port)))
-	case *syscall.SockaddrInet6:
-		return net.TCPAddrFromAddrPort(netip.AddrPortFrom(netip.AddrFrom16(sa.Addr), uint16(sa.Port)))
-	case *syscall.SockaddrUnix:
-		return &net.UnixAddr{Name: sa.Name, Net: network}
-	}
-	return &net.UnixAddr{Net: network}
 }
 
 // fdConn is an accepted connection served on its descriptor, without the
@@ -282,8 +268,8 @@ func (c *fdConn) LocalAddr() net.Addr {
 		return c.nc.LocalAddr()
 	}
 	if c.fd >= 0 {
-		if sa, err := syscall.Getsockname(c.fd); err == nil {
-			return sockaddrAddr(c.network, sa)
+		if addr, err := rawGetsockname(c.fd, c.network); err == nil {
+			return addr
 		}
 	}
 	return &net.UnixAddr{Net: c.network}

@@ -206,7 +206,7 @@ func TestFDConnUnix(t *testing.T) {
 	}
 }
 
-// An IPv6 peer's address is the one net would give.
+// An IPv6 connection's addresses are the ones net would give.
 func TestFDConnIPv6Address(t *testing.T) {
 	ln, err := net.Listen("tcp", "[::1]:0")
 	if err != nil {
@@ -216,6 +216,9 @@ func TestFDConnIPv6Address(t *testing.T) {
 	server, client := acceptPair(t, "tcp", "[::1]:0")
 	if server.RemoteAddr().String() != client.LocalAddr().String() {
 		t.Errorf("RemoteAddr %v, want %v", server.RemoteAddr(), client.LocalAddr())
+	}
+	if server.LocalAddr().String() != client.RemoteAddr().String() {
+		t.Errorf("LocalAddr %v, want %v", server.LocalAddr(), client.RemoteAddr())
 	}
 }
 

@@ -10,7 +10,9 @@ import (
 )
 
 // The system calls fdListener and fdConn make on non-blocking descriptors
-// (accept4, read, write, close) are made raw: without telling the
+// (accept4, read, write, close; getsockname, which never waits either,
+// so that one conversion of the kernel's addresses serves both ends) are
+// made raw: without telling the
 // scheduler, as syscall's wrappers do, that the goroutine may block in
 // the kernel. They never wait (a call that would wait returns EAGAIN),
 // but loopback TCP's accept4 and write do the peer's share of the work
@@ -37,6 +39,19 @@ func rawAccept4(lfd int, network string) (int, net.Addr, error) {
 		return -1, nil, errno
 	}
 	return int(fd), rawSockaddrAddr(network, &rsa), nil
+}
+
+// rawGetsockname returns the local address of the socket fd as net
+// names it on network.
+func rawGetsockname(fd int, network string) (net.Addr, error) {
+	var rsa syscall.RawSockaddrAny
+	size := uint32(syscall.SizeofSockaddrAny)
+	_, _, errno := syscall.RawSyscall(syscall.SYS_GETSOCKNAME, uintptr(fd),
+		uintptr(unsafe.Pointer(&rsa)), uintptr(unsafe.Pointer(&size)))
+	if errno != 0 {
+		return nil, errno
+	}
+	return rawSockaddrAddr(network, &rsa), nil
 }
 
 // rawSockaddrAddr is the address the kernel wrote into rsa as net names
